@@ -1,0 +1,59 @@
+"""Entry point of an isolated trial: ``python -m labkit._child FOLDER``.
+
+The parent (:mod:`labkit.isolate`) leaves ``call.pkl`` in FOLDER; this process writes
+``result.json`` there, or nothing if it dies. Kept tiny and import-light so that the only things
+the trial sees are the ones it imports itself.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+STACK_SIGNAL = signal.SIGUSR1
+
+
+def main(folder: Path) -> None:
+    # faulthandler writes from a signal handler with no GIL, so it needs a real file descriptor:
+    # a file of our own, never sys.stderr (in a notebook kernel that one has no descriptor).
+    # Forked grandchildren inherit the handler and the descriptor, so their stacks come too.
+    stacks = open(folder / "stacks.txt", "a", buffering=1)
+    faulthandler.register(STACK_SIGNAL, file=stacks, all_threads=True)
+
+    import cloudpickle
+
+    from labkit._json import jsonable
+    from labkit.errors import WrongResult
+
+    with open(folder / "call.pkl", "rb") as f:
+        fn, kwargs = cloudpickle.load(f)
+    result: dict
+    try:
+        value = fn(**kwargs)
+        result = {"outcome": "ok", "error": None, "value": value}
+    except WrongResult as exc:
+        result = {"outcome": "wrong", "error": str(exc), "value": exc.metrics}
+    except BaseException as exc:  # noqa: BLE001 - a trial's failure is data, whatever it is
+        result = {
+            "outcome": "raised",
+            "error": f"{type(exc).__name__}: {exc}",
+            "value": getattr(exc, "metrics", None),
+            "traceback": traceback.format_exc(),
+        }
+    tmp = folder / "result.json.tmp"
+    tmp.write_text(json.dumps(jsonable(result)))
+    tmp.replace(folder / "result.json")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Threads a broken variant left running (still blocked on a lock, say) must not keep this
+    # process alive: the result is written, so leave now.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

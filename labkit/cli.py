@@ -1,0 +1,151 @@
+"""``labkit list | run | compare | tour | doctor`` (contracts in shared/DESIGN.md).
+
+Bad input ends with one line on stderr and exit status 2, no traceback; an interrupted command
+still kills its trial's process group on the way out (see :mod:`labkit.isolate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from .errors import BadInput
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as every other bad input
+        raise BadInput(f"{message}; see '{self.prog} --help'")
+
+
+def _knob_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    knobs: dict[str, Any] = {}
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise BadInput(f"--set takes KNOB=VALUE, got {item!r}")
+        knobs[name] = value
+    if getattr(args, "threads", None) is not None:
+        knobs["threads"] = args.threads
+    return knobs
+
+
+def _add_trial_options(p: argparse.ArgumentParser, repeats: int) -> None:
+    p.add_argument("--repeats", type=int, default=repeats, help=f"isolated trials per variant (default {repeats})")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a trial counts as hung (default: the scenario's)")
+    p.add_argument("--threads", type=int, default=None, help="the scenario's 'threads' knob")
+    p.add_argument("--set", action="append", metavar="KNOB=VALUE", help="any other knob (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="labkit", description="LLM inference failure modes under concurrency, next to their fixes.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="every scenario with its variants and knobs")
+    run = sub.add_parser("run", help="run isolated trials of one variant")
+    run.add_argument("scenario")
+    run.add_argument("--variant", required=True)
+    _add_trial_options(run, repeats=1)
+    cmp = sub.add_parser("compare", help="A/B two variants: medians, ratio B/A, 95%% interval, verdict")
+    cmp.add_argument("scenario")
+    cmp.add_argument("a")
+    cmp.add_argument("b")
+    cmp.add_argument("--metric", default=None, help="metric for the verdict (default: the scenario's first)")
+    _add_trial_options(cmp, repeats=5)
+    tour = sub.add_parser("tour", help="every scenario, broken against its main fix, with a report")
+    tour.add_argument("--out", default="labkit-report", help="report folder (default labkit-report)")
+    tour.add_argument("--repeats", type=int, default=3)
+    sub.add_parser("doctor", help="cores, thread pools, variables, devices, versions")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except BadInput as exc:
+        print(f"labkit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("labkit: interrupted; the trial's processes were stopped", file=sys.stderr)
+        return 130
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .scenario import scenarios
+
+    for s in scenarios():
+        print(f"{s.name}: {s.summary}")
+        print(f"  source: {s.source}")
+        for v in s.variants.values():
+            print(f"  --variant {v.name}{' (broken)' if v.broken else ''}: {v.summary}")
+        knobs = ", ".join(f"{k.name}={k.default}" for k in s.knobs)
+        print(f"  knobs: {knobs}")
+        print(f"  metrics: {', '.join(m.name for m in s.metrics)}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .trial import run
+
+    result = run(args.scenario, args.variant, repeats=args.repeats, timeout=args.timeout,
+                 knobs=_knob_overrides(args), progress=True)
+    if args.json:
+        print(result.to_json())
+        return 0
+    for t in result.trials:
+        metrics = "  ".join(f"{k}={v:.4g}" for k, v in t.metrics.items())
+        print(f"trial {t.index}: {t.outcome:<7} {t.seconds:6.1f} s  {metrics}")
+        if t.error:
+            print(f"    {t.error}")
+        for pid, text in t.stacks.items():
+            print(f"    stacks of process {pid}:")
+            print("\n".join(f"      {line}" for line in text.splitlines()))
+    print(f"{result.scenario} {result.variant}: {result.outcome_text()}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    result = compare(args.scenario, args.a, args.b, repeats=args.repeats, metric=args.metric,
+                     knobs=_knob_overrides(args), timeout=args.timeout, progress=True)
+    if args.json:
+        print(result.to_json())
+        return 0
+    with _wide_pandas():
+        print(result.table().drop(columns="verdict").to_string(float_format=lambda x: f"{x:.4g}"))
+    print(f"outcomes: {args.a} {result.a.outcome_text()}; {args.b} {result.b.outcome_text()}")
+    print(result.verdict)
+    return 0
+
+
+def _wide_pandas():
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_columns", 20)
+
+
+def _tour(args: argparse.Namespace) -> int:
+    from .tour import tour
+
+    report = tour(args.out, repeats=args.repeats, progress=True)
+    with _wide_pandas():
+        print(report.table.to_string(index=False))
+    print(f"report written to {report.folder}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+
+    print(doctor())
+    return 0
+
+
+_COMMANDS = {"list": _list, "run": _run, "compare": _compare, "tour": _tour, "doctor": _doctor}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""What this machine has that matters for concurrency: cores, thread pools, variables, devices.
+
+Thread-pool sizes are process-global and fixed when a library first loads, so the report reads
+them in a fresh interpreter (like ``python -m threadpoolctl -i``): what a new trial will see, not
+what this notebook kernel has been changed to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+ENV_VARS = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME", "TOKENIZERS_PARALLELISM", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF",
+)
+LIBRARIES = ("torch", "transformers", "accelerate", "tokenizers", "numpy", "threadpoolctl", "psutil", "pynvml")
+
+_PROBE = r"""
+import json, multiprocessing, torch, threadpoolctl
+info = {
+    "torch_intra_op_threads": torch.get_num_threads(),
+    "torch_inter_op_threads": torch.get_num_interop_threads(),
+    "torch_parallel_backend": next((l.split(":", 1)[1].strip() for l in torch.__config__.parallel_info().splitlines()
+                                    if l.startswith("ATen parallel backend")), "?"),
+    "torch_mkl": torch.backends.mkl.is_available(),
+    "native_pools": [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "prefix", "version")}
+                     for p in threadpoolctl.threadpool_info()],
+    "start_method": multiprocessing.get_start_method(),
+    "cuda_available": torch.cuda.is_available(),
+    "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+}
+print(json.dumps(info))
+"""
+
+
+@dataclass
+class Report:
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([(k, _text(v)) for k, v in self.facts.items()], columns=["what", "value"])
+
+    def __str__(self) -> str:
+        width = max(map(len, self.facts))
+        return "\n".join(f"{k:<{width}}  {_text(v)}" for k, v in self.facts.items())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return "; ".join(f"{p['internal_api']} ({p['prefix']}): {p['num_threads']} threads" for p in value)
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def doctor() -> Report:
+    import platform
+
+    import psutil
+
+    from . import nvml
+
+    facts: dict[str, Any] = {
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "platform": platform.platform(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+    probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    if probe.returncode == 0:
+        facts.update(json.loads(probe.stdout.strip().splitlines()[-1]))
+    else:
+        facts["probe_error"] = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "probe failed"
+    for var in ENV_VARS:
+        facts[var] = os.environ.get(var, "(unset)")
+    gpu = nvml.describe()
+    facts["nvml"] = f"driver {gpu['driver']}: {', '.join(gpu['gpus'])}" if gpu["available"] else gpu["reason"]
+    facts.update({f"version:{name}": _version(name) for name in LIBRARIES})
+    return Report(facts)
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    dist = {"pynvml": "nvidia-ml-py"}.get(name, name)
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"

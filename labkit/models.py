@@ -1,0 +1,154 @@
+"""The embedded tiny model and tokenizer, and loading any real model.
+
+The tiny model is a real ``transformers`` Qwen3 causal LM built from ``data/tiny-qwen3/config.json``.
+Its weights come from NumPy's PCG64 generator with a fixed seed, not from torch's initialisers, so
+they are the same on every machine and every torch version, and no checkpoint has to be shipped or
+downloaded. The tokenizer is a byte-level BPE trained with ``tokenizers`` on ``data/corpus.txt``
+(see :func:`train_tokenizer`); the trained file is kept in ``data/tiny-qwen3``.
+
+``vocab_size`` can be raised (Qwen's 151,936 by default for :data:`QWEN_VOCAB`) for sampling-heavy
+work: as in Qwen itself, the model's vocabulary is then larger than the tokenizer's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInput
+
+TINY = "tiny"
+QWEN_VOCAB = 151_936  # Qwen-1/2/3's padded vocabulary: the size the thread-storm report sampled over
+SEED = 0
+
+
+def data_dir() -> Path:
+    """Folder holding the corpus and the tiny model's config and tokenizer (package data)."""
+    from importlib.resources import files
+
+    return Path(str(files("labkit.data")))
+
+
+def tiny_dir() -> Path:
+    return data_dir() / "tiny-qwen3"
+
+
+def tiny_config(vocab_size: int | None = None, **overrides: Any):
+    from transformers import Qwen3Config
+
+    config = Qwen3Config.from_pretrained(tiny_dir())
+    if vocab_size is not None:
+        overrides["vocab_size"] = vocab_size
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def fill_weights(model, seed: int = SEED) -> None:
+    """Overwrite every parameter from NumPy's PCG64 stream, in name order.
+
+    Norm weights are ones; embeddings are N(0, 1); linear weights N(0, 1/fan_in). With tied
+    embeddings that gives logits with a spread of several units, so greedy decoding has clear
+    winners and batched and one-at-a-time runs agree token for token.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+                continue
+            std = 1.0 if "embed" in name else param.shape[-1] ** -0.5
+            values = rng.standard_normal(param.shape, dtype=np.float32) * std
+            param.copy_(torch.from_numpy(values))
+
+
+def tiny_model(vocab_size: int | None = None, seed: int = SEED, **overrides: Any):
+    """Build the embedded Qwen3 model (eval mode, float32, on the CPU).
+
+    Importing the modeling code takes ~2 s on first use; processes that fork workers should
+    build (or import ``Qwen3ForCausalLM``) before forking so the workers share it.
+    """
+    from transformers import Qwen3ForCausalLM
+
+    model = Qwen3ForCausalLM(tiny_config(vocab_size, **overrides))
+    fill_weights(model, seed)
+    model.generation_config.pad_token_id = model.config.pad_token_id
+    # Random weights have no meaningful end-of-text: every request generates exactly the tokens
+    # it asked for, so tokens/s compares like with like.
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+def tiny_tokenizer():
+    """The embedded fast tokenizer (padding on the left, as decoder-only generation needs)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir(), padding_side="left")
+
+
+def load(path_or_id: str = TINY, **kwargs: Any):
+    """Return ``(model, tokenizer)``: the embedded pair for ``"tiny"``, else a real model.
+
+    A local folder or a hub id works; no network is used unless the id is not cached locally and
+    the user has not set ``HF_HUB_OFFLINE``.
+    """
+    if path_or_id == TINY:
+        return tiny_model(**kwargs), tiny_tokenizer()
+    looks_like_path = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
+    if looks_like_path and not Path(path_or_id).expanduser().exists():
+        raise BadInput(f"model path {path_or_id!r} does not exist; give an existing folder, a hub id, or 'tiny'")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path_or_id, padding_side="left")
+    return model, tokenizer
+
+
+def save_tiny(folder: str | os.PathLike, vocab_size: int | None = None) -> Path:
+    """Write the tiny model as a real checkpoint (config, safetensors, tokenizer) to ``folder``.
+
+    Scenarios that need the real loading path (``from_pretrained``, accelerate's
+    ``load_checkpoint_and_dispatch``) load from here.
+    """
+    folder = Path(folder)
+    tiny_model(vocab_size).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def train_tokenizer(corpus: str | os.PathLike | None = None, vocab_size: int = 1024):
+    """Train the byte-level BPE that ships in ``data/tiny-qwen3`` (kept for transparency).
+
+    ``python -m labkit.models`` retrains it and rewrites the shipped files.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = Path(corpus or data_dir() / "corpus.txt")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train([str(corpus)], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+    )
+
+
+if __name__ == "__main__":
+    train_tokenizer().save_pretrained(tiny_dir())
+    print(f"tokenizer written to {tiny_dir()}")

@@ -1,0 +1,210 @@
+"""A background sampler of what the machine is doing while a trial runs.
+
+One daemon thread wakes every ``interval`` seconds (10 Hz by default) and reads: per-core CPU %
+(``/proc/stat`` deltas, so it never disturbs ``psutil.cpu_percent``'s shared state), and for the
+process tree under ``root`` (this process and every descendant: an isolated trial and its
+workers) the CPU seconds, OS threads, context switches and RSS; and, through :mod:`labkit.nvml`,
+each GPU's SM utilisation, memory and power. ``benchmarks/monitor_overhead.py`` measures what it
+costs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+import psutil
+
+from . import nvml
+
+log = logging.getLogger("labkit")
+REFRESH = 1.0  # seconds between two searches for new descendants
+_said_no_gpu = False
+
+
+@dataclass(frozen=True)
+class Sample:
+    time_s: float
+    cpu_percent: tuple[float, ...]  # one per logical core
+    tree_cpu_s: float  # user+system seconds of the process tree, reaped children included
+    threads: int
+    processes: int
+    ctx_voluntary: int
+    ctx_involuntary: int
+    rss_bytes: float
+    gpus: tuple[nvml.GpuSample, ...] = ()
+
+
+@dataclass
+class Monitor:
+    """``with Monitor() as mon: ...`` then ``mon.to_frame()``; also usable with start()/stop()."""
+
+    interval: float = 0.1
+    root: int | None = None  # pid whose tree is watched; this process by default
+    gpu: bool = True
+    samples: list[Sample] = field(default_factory=list, init=False)
+    gpu_note: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._procs: dict[int, psutil.Process] = {}
+        self._found_at = 0.0
+        self._gpus: nvml.Gpus | None = None
+
+    def start(self) -> "Monitor":
+        global _said_no_gpu
+        if self._thread is not None:
+            raise RuntimeError("this monitor is already running")
+        if self.gpu:
+            self._gpus, self.gpu_note = nvml.open_gpus()
+            if self._gpus is None and not _said_no_gpu:
+                log.warning("labkit.monitor: %s; recording CPU only", self.gpu_note)
+                _said_no_gpu = True
+        self._root = psutil.Process(self.root or os.getpid())
+        self._t0 = time.monotonic()
+        self._last_cpu = psutil.cpu_times(percpu=True)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="labkit-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> "Monitor":
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self._sample()  # one last reading, so even a short run has its end state
+        if self._gpus is not None:
+            self._gpus.close()
+            self._gpus = None
+        return self
+
+    def __enter__(self) -> "Monitor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _tree(self) -> list[psutil.Process]:
+        """The watched processes. Finding descendants means reading every process's /proc entry,
+        so membership is refreshed only every ``REFRESH`` seconds; the counters read from each
+        process are cumulative, so a worker found late loses none of its CPU seconds."""
+        now = time.monotonic()
+        if now - self._found_at >= REFRESH or not self._procs:
+            self._found_at = now
+            try:
+                found = [self._root, *self._root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return []
+            # Reuse Process objects: creating one per sample costs more than reading it.
+            self._procs = {p.pid: self._procs.get(p.pid, p) for p in found}
+        return list(self._procs.values())
+
+    def _sample(self) -> None:
+        now = psutil.cpu_times(percpu=True)
+        percents = tuple(_busy_percent(a, b) for a, b in zip(self._last_cpu, now))
+        self._last_cpu = now
+        cpu_s = threads = vol = invol = rss = count = 0
+        for proc in self._tree():
+            reading = _read_process(proc)
+            if reading is None:
+                continue
+            cpu_s += reading[0]
+            threads += reading[1]
+            vol += reading[2]
+            invol += reading[3]
+            rss += reading[4]
+            count += 1
+        gpus = tuple(self._gpus.sample()) if self._gpus is not None else ()
+        self.samples.append(
+            Sample(time.monotonic() - self._t0, percents, cpu_s, threads, count, vol, invol, rss, gpus)
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy: one row per (time, source, metric); sources are ``cpuN``, ``tree`` and ``gpuN``."""
+        return samples_frame(list(self.samples))
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _read_process(proc: psutil.Process) -> tuple[float, int, int, int, int] | None:
+    """(CPU seconds incl. reaped children, threads, voluntary and involuntary switches, RSS bytes).
+
+    On Linux two reads of /proc (stat and status) give all of it; psutil's accessors would
+    open more files and cost about twice as much per process. Elsewhere, psutil.
+    """
+    try:
+        with open(f"/proc/{proc.pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{proc.pid}/status", "rb") as f:
+            status = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _read_with_psutil(proc)
+    # fields[0] is the state (field 3 of stat): utime..cstime are fields 14-17, threads 20, rss 24
+    cpu = sum(int(x) for x in fields[11:15]) / _TICKS
+    vol = int(status.split(b"voluntary_ctxt_switches:", 1)[1].split(None, 1)[0])
+    invol = int(status.split(b"nonvoluntary_ctxt_switches:", 1)[1].split(None, 1)[0])
+    return cpu, int(fields[17]), vol, invol, int(fields[21]) * _PAGE
+
+
+def _read_with_psutil(proc: psutil.Process) -> tuple[float, int, int, int, int] | None:
+    try:
+        with proc.oneshot():
+            t, ctx = proc.cpu_times(), proc.num_ctx_switches()
+            cpu = t.user + t.system + t.children_user + t.children_system
+            return cpu, proc.num_threads(), ctx.voluntary, ctx.involuntary, proc.memory_info().rss
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+
+
+def _busy_percent(before, after) -> float:
+    idle = (after.idle + getattr(after, "iowait", 0)) - (before.idle + getattr(before, "iowait", 0))
+    total = sum(after) - sum(before)
+    return 0.0 if total <= 0 else max(0.0, min(100.0, 100.0 * (1 - idle / total)))
+
+
+def samples_frame(samples: list[Sample]) -> pd.DataFrame:
+    rows = []
+    prev = None
+    for s in samples:
+        for core, pct in enumerate(s.cpu_percent):
+            rows.append((s.time_s, f"cpu{core}", "cpu_percent", pct, "%"))
+        tree = [
+            ("cpu_seconds", s.tree_cpu_s, "s"),
+            ("threads", s.threads, "count"),
+            ("processes", s.processes, "count"),
+            ("ctx_voluntary", s.ctx_voluntary, "count"),
+            ("ctx_involuntary", s.ctx_involuntary, "count"),
+            ("rss", s.rss_bytes, "bytes"),
+        ]
+        if prev is not None and s.time_s > prev.time_s:
+            # CPU use of the tree in "cores": 100% is one core busy for the whole interval.
+            used = max(0.0, s.tree_cpu_s - prev.tree_cpu_s) / (s.time_s - prev.time_s)
+            tree.append(("cpu_percent", 100.0 * used, "% of one core"))
+        rows.extend((s.time_s, "tree", m, v, u) for m, v, u in tree)
+        for g in s.gpus:
+            src = f"gpu{g.index}"
+            rows.append((s.time_s, src, "sm_percent", g.sm_percent, "%"))
+            rows.append((s.time_s, src, "memory_used", g.memory_used_bytes, "bytes"))
+            rows.append((s.time_s, src, "memory_total", g.memory_total_bytes, "bytes"))
+            if g.power_w is not None:
+                rows.append((s.time_s, src, "power", g.power_w, "W"))
+        prev = s
+    return pd.DataFrame(rows, columns=["time_s", "source", "metric", "value", "unit"])

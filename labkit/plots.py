@@ -1,0 +1,177 @@
+"""Figures: the machine while a trial runs, A/B comparisons, sweeps.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot, so no global state and no GUI
+backend) and shown in notebooks as PNGs through an updatable display handle. That is why the live
+plot redraws from the cell that runs the trial, where an ipympl figure created in the same cell as
+its update loop would not; outside a notebook the same figure is saved as a static PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from .compare import Comparison
+    from .monitor import Monitor
+    from .sweep import Sweep
+
+
+def monitor_figure(samples: pd.DataFrame, title: str = "", gpu_note: str = "") -> Figure:
+    """Per-core CPU as a heat strip, the trial's CPU use and threads, and GPU SM % and memory."""
+    fig = Figure(figsize=(9, 5.2), layout="constrained")
+    axes = fig.subplots(3, 1, sharex=True, height_ratios=[1.2, 1, 1])
+    fig.suptitle(title or "machine during the trial")
+    end = float(samples["time_s"].max()) if len(samples) else 1.0
+
+    cores = samples[samples["metric"].eq("cpu_percent") & samples["source"].str.startswith("cpu")]
+    if len(cores):
+        grid = cores.pivot_table(index="source", columns="time_s", values="value")
+        grid = grid.reindex(sorted(grid.index, key=lambda s: int(s[3:])))
+        image = axes[0].imshow(grid.to_numpy(), aspect="auto", vmin=0, vmax=100, cmap="magma", interpolation="nearest",
+                               extent=(0, end, len(grid) - 0.5, -0.5))
+        axes[0].set_yticks(range(len(grid)), grid.index)
+        fig.colorbar(image, ax=axes[0], label="busy %", pad=0.01)
+    axes[0].set_title("per-core CPU (whole machine)", loc="left", fontsize=9)
+
+    tree = samples[samples["source"].eq("tree")]
+    use = tree[tree["metric"].eq("cpu_percent")]
+    threads = tree[tree["metric"].eq("threads")]
+    axes[1].plot(use["time_s"], use["value"] / 100, color="tab:red", label="CPU use (cores)")
+    axes[1].set_ylabel("cores busy")
+    twin = axes[1].twinx()
+    twin.plot(threads["time_s"], threads["value"], color="tab:blue", drawstyle="steps-post", label="OS threads")
+    twin.set_ylabel("OS threads")
+    axes[1].set_title("this process tree (the trial and its workers)", loc="left", fontsize=9)
+    axes[1].legend(handles=axes[1].lines + twin.lines, loc="upper left", fontsize=8)
+
+    gpus = samples[samples["source"].str.startswith("gpu")]
+    if len(gpus):
+        for name, rows in gpus[gpus["metric"].eq("sm_percent")].groupby("source"):
+            axes[2].plot(rows["time_s"], rows["value"], label=f"{name} SM %")
+        mem = gpus[gpus["metric"].eq("memory_used")]
+        total = gpus[gpus["metric"].eq("memory_total")]
+        if len(mem):
+            twin2 = axes[2].twinx()
+            for name, rows in mem.groupby("source"):
+                twin2.plot(rows["time_s"], rows["value"] / 2**30, linestyle="--", label=f"{name} memory GiB")
+            twin2.set_ylim(0, float(total["value"].max()) / 2**30)
+            twin2.set_ylabel("GiB")
+        axes[2].set_ylim(0, 100)
+        axes[2].legend(loc="upper left", fontsize=8)
+    else:
+        axes[2].text(0.5, 0.5, f"no GPU telemetry: {gpu_note or 'no GPU seen'}", ha="center", va="center",
+                     transform=axes[2].transAxes, fontsize=8, wrap=True)
+        axes[2].set_yticks([])
+    axes[2].set_title("GPU (NVML)", loc="left", fontsize=9)
+    axes[2].set_xlabel("seconds")
+    axes[2].set_xlim(0, max(end, 0.1))
+    return fig
+
+
+def comparison_figure(comparison: "Comparison", ax=None) -> Figure:
+    """Each trial's value of the chosen metric, side by side, medians marked, verdict in the title."""
+    fig = Figure(figsize=(6, 3.6), layout="constrained") if ax is None else ax.figure
+    ax = ax or fig.subplots()
+    name = comparison.metric.name
+    for x, side in enumerate((comparison.a, comparison.b)):
+        values = side.values(name)
+        jitter = np.linspace(-0.08, 0.08, len(values)) if len(values) > 1 else [0.0]
+        ax.scatter(np.full(len(values), x) + jitter, values, alpha=0.7)
+        if values:
+            ax.hlines(float(np.median(values)), x - 0.25, x + 0.25, color="black")
+    ax.set_xticks([0, 1], [comparison.a.variant, comparison.b.variant])
+    ax.set_xlim(-0.6, 1.6)
+    ax.set_ylabel(f"{name} ({comparison.metric.unit})")
+    ax.set_title(comparison.verdict, fontsize=8, wrap=True)
+    return fig
+
+
+def sweep_figure(sweep: "Sweep", metric: str) -> Figure:
+    """Lines over one knob, or a heat map over two, one panel per variant (medians)."""
+    table = sweep.table(metric)
+    knobs = list(sweep.grid)
+    variants = list(dict.fromkeys(table.index.get_level_values("variant")))
+    fig = Figure(figsize=(4.2 * len(variants) if len(knobs) == 2 else 6, 3.6), layout="constrained")
+    if len(knobs) == 1:
+        ax = fig.subplots()
+        for variant in variants:
+            rows = table.loc[variant]
+            ax.plot(rows.index, rows["median"], marker="o", label=variant)
+        ax.set_xlabel(knobs[0])
+        ax.set_ylabel(metric)
+        ax.set_xscale("log", base=2)
+        ax.legend()
+        return fig
+    axes = np.atleast_1d(fig.subplots(1, len(variants)))
+    for ax, variant in zip(axes, variants):
+        grid = table.loc[variant]["median"].unstack(knobs[1])
+        image = ax.imshow(grid.to_numpy(), origin="lower", cmap="viridis", aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), grid.columns)
+        ax.set_yticks(range(grid.shape[0]), grid.index)
+        ax.set_xlabel(knobs[1])
+        ax.set_ylabel(knobs[0])
+        ax.set_title(variant, fontsize=9)
+        for (i, j), value in np.ndenumerate(grid.to_numpy()):
+            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
+        fig.colorbar(image, ax=ax, label=metric)
+    return fig
+
+
+def png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    return buffer.getvalue()
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class LivePlot:
+    """Redraw the monitor figure in place while a trial runs: pass it as ``on_tick``.
+
+    Rendering costs CPU in this process, on the same cores the trial uses, so it redraws at most
+    every ``every`` seconds; leave it out when the numbers matter more than the picture.
+    """
+
+    def __init__(self, title: str = "", every: float = 1.0):
+        self.title, self.every = title, every
+        self._last = 0.0
+        self._handle = None
+        if in_notebook():
+            from IPython.display import display
+
+            self._handle = display(f"{title}: waiting for the first samples...", display_id=True)
+
+    def __call__(self, monitor: "Monitor") -> None:
+        if self._handle is None or time.monotonic() - self._last < self.every:
+            return
+        self.show(monitor.to_frame(), monitor.gpu_note)
+
+    def show(self, samples: pd.DataFrame, gpu_note: str = "") -> None:
+        """Draw ``samples`` now (also the final picture once the trial is over)."""
+        self._last = time.monotonic()
+        if self._handle is None or samples.empty:
+            return
+        from IPython.display import Image
+
+        self._handle.update(Image(png(monitor_figure(samples, self.title, gpu_note))))

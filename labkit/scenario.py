@@ -1,0 +1,179 @@
+"""Scenarios, their variants, knobs and metrics, and the registry the CLI reads.
+
+A scenario is one failure mode: a ``broken`` variant that reproduces the report it comes from and
+named fix variants beside it. A variant is a plain function ``fn(**knobs) -> {metric: value}``
+that runs inside an isolated child (:mod:`labkit.isolate`), raises what the failure raises, and
+raises :class:`~labkit.errors.WrongResult` when it finishes with a wrong answer.
+
+Define one in a notebook the same way the built-in ones are defined::
+
+    mine = Scenario("my-race", summary="...", metrics=[Metric("items_per_s", "1/s")])
+
+    @mine.variant("broken", broken=True)
+    def shared_list(threads=4): ...
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import BadInput
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A setting a user may turn, with its allowed values."""
+
+    name: str
+    default: Any
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, value: Any) -> Any:
+        """Coerce ``value`` to the default's type and check it is allowed (else :class:`BadInput`)."""
+        kind = type(self.default)
+        try:
+            value = kind(value) if kind in (int, float, str) and not isinstance(value, kind) else value
+        except (TypeError, ValueError):
+            raise BadInput(f"{self.name} must be {kind.__name__}, got {value!r}; {self.allowed()}") from None
+        if self.choices is not None and value not in self.choices:
+            raise BadInput(f"{self.name}={value!r} is not allowed; {self.allowed()}")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise BadInput(f"{self.name}={value!r} is out of range; {self.allowed()}")
+        return value
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return f"allowed: {', '.join(map(str, self.choices))}"
+        low = "" if self.low is None else f"{self.low:g} <= "
+        high = "" if self.high is None else f" <= {self.high:g}"
+        return f"allowed: {low}{self.name}{high}"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    higher_is_better: bool = True
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    fn: Callable[..., Mapping[str, float]]
+    summary: str
+    broken: bool = False
+    env: Mapping[str, str | None] = field(default_factory=dict)  # applied before the child starts
+
+
+@dataclass
+class Scenario:
+    """A failure mode with its broken variant and its fixes, side by side."""
+
+    name: str
+    summary: str
+    source: str = ""  # the report it comes from (seed file, upstream issue)
+    confirmed_on: str = ""  # library versions it was seen on
+    knobs: tuple[Knob, ...] = ()
+    metrics: tuple[Metric, ...] = ()
+    main_fix: str | None = None  # what `labkit tour` compares the broken variant against
+    timeout: float = 60.0
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.knobs = tuple(self.knobs)
+        self.metrics = tuple(self.metrics)
+
+    def variant(self, name: str, *, broken: bool = False, env: Mapping[str, str | None] | None = None):
+        """Decorator that adds ``fn`` as variant ``name``; its docstring's first line is the summary."""
+
+        def add(fn: Callable[..., Mapping[str, float]]):
+            summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+            self.variants[name] = Variant(name, fn, summary, broken, dict(env or {}))
+            return fn
+
+        return add
+
+    def get_variant(self, name: str) -> Variant:
+        try:
+            return self.variants[name]
+        except KeyError:
+            raise BadInput(
+                f"unknown variant {name!r} of {self.name}; allowed: {', '.join(self.variants)}"
+            ) from None
+
+    def get_metric(self, name: str | None) -> Metric:
+        if name is None:
+            return self.metrics[0]
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise BadInput(f"unknown metric {name!r} for {self.name}; allowed: {', '.join(m.name for m in self.metrics)}")
+
+    def knob_values(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every knob's value: defaults, replaced by ``overrides`` after checking them."""
+        known = {k.name: k for k in self.knobs}
+        unknown = set(overrides or {}) - set(known)
+        if unknown:
+            allowed = ", ".join(known) or "none"
+            raise BadInput(f"unknown setting {sorted(unknown)[0]!r} for {self.name}; allowed: {allowed}")
+        values = {k.name: k.default for k in self.knobs}
+        values.update({name: known[name].check(v) for name, v in (overrides or {}).items()})
+        return values
+
+    @property
+    def broken_variant(self) -> str | None:
+        return next((v.name for v in self.variants.values() if v.broken), None)
+
+    @property
+    def fixes(self) -> list[str]:
+        return [v.name for v in self.variants.values() if not v.broken]
+
+
+_REGISTRY: dict[str, Scenario] = {}
+_BUILTINS = ("thread_storm",)  # modules of labkit.scenarios; each registers what it defines
+
+
+def register(scenario: Scenario) -> Scenario:
+    _REGISTRY[scenario.name] = scenario
+    return scenario
+
+
+def _load_builtins() -> None:
+    for module in _BUILTINS:
+        importlib.import_module(f"labkit.scenarios.{module}")
+
+
+def scenarios() -> list[Scenario]:
+    _load_builtins()
+    return list(_REGISTRY.values())
+
+
+def get(name: str | Scenario) -> Scenario:
+    if isinstance(name, Scenario):
+        return name
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BadInput(f"unknown scenario {name!r}; allowed: {', '.join(_REGISTRY)}") from None
+
+
+def positive(name: str, default: int, help: str, high: int = 256) -> Knob:
+    """A count of threads, workers, requests...: at least 1."""
+    return Knob(name, default, help, low=1, high=high)
+
+
+def describe(items: Iterable[Scenario]) -> str:
+    lines = []
+    for s in items:
+        lines.append(f"{s.name}: {s.summary}")
+        for v in s.variants.values():
+            tag = " (broken)" if v.broken else ""
+            lines.append(f"    {v.name}{tag}: {v.summary}")
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""thread-storm: every worker brings a full intra-op pool, and the cores spend their time spinning.
+
+Source: ``shared/seeds/002`` — ExLlamaV2's batched generation pegged every CPU core at 100% while
+the model ran on the GPU (exllamav2 issue 508, torch 2.3.1, Qwen2-72B's 152k vocabulary):
+PyTorch's OpenMP pool parallelised small CPU work such as sampling, and ``torch.set_num_threads(1)``
+made generation about 20% faster. Related: pytorch issue 80777 (small CPU ops at 3000% CPU).
+
+Each worker runs a real generation loop on the embedded Qwen3 model with a Qwen-sized vocabulary:
+a transformers forward with a KV cache, then sampling on the CPU (temperature softmax, optional
+top-p sort, multinomial draw) over every logit. W workers each with the default torch pool (one
+thread per core) put W x cores threads on the cores. What makes it a storm rather than mere
+oversubscription is libgomp's wait policy: a thread that finishes its share of a parallel region
+spins for a while waiting for the next one, and when the team fits the cores (the default) it
+spins hard. Those spinning threads steal the cores the other workers need.
+
+Worker processes are forked from the trial process right after its imports, before any thread or
+OpenMP pool exists (checked), so each worker starts clean and cheaply; a spawned worker would pay
+the imports again. The ``tokenizer-deadlock`` scenario shows why that check matters.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import psutil
+
+from ..scenario import Knob, Metric, Scenario, positive, register
+
+DEFAULT_THREADS = psutil.cpu_count(logical=False) or os.cpu_count() or 1  # torch's own default
+
+storm = register(
+    Scenario(
+        name="thread-storm",
+        summary="CPU oversubscription: W workers x a full intra-op pool each, sampling over a 152k vocabulary",
+        source="seed 002 (ExLlamaV2 CPU at 100%): exllamav2 issue 508; pytorch issue 80777",
+        confirmed_on="torch 2.13.0 (CPU, OpenMP/libgomp), transformers 5.23; 2-core x86-64",
+        knobs=(
+            positive("workers", 4, "concurrent workers (processes, or threads with workers_as=threads)", high=64),
+            positive("threads", DEFAULT_THREADS, "intra-op threads per worker in the broken variant (torch default: one per core)", high=64),
+            Knob("workers_as", "processes", "how workers run", choices=("processes", "threads")),
+            Knob("vocab", 151_936, "vocabulary size sampled over (Qwen: 151,936)", low=1024, high=300_000),
+            positive("batch", 4, "sequences per worker", high=64),
+            positive("tokens", 16, "new tokens per sequence", high=1024),
+            Knob("top_p", 1.0, "nucleus sampling threshold; below 1 adds a full sort of the vocabulary", low=0.05, high=1.0),
+        ),
+        metrics=(
+            Metric("tokens_per_s", "tokens/s", True, "generated tokens of all workers per wall-clock second"),
+            Metric("cpu_s_per_token", "CPU s/token", False, "CPU seconds of every worker per generated token"),
+            Metric("os_threads", "threads", False, "OS threads alive in the workers at the end"),
+            Metric("ctx_involuntary", "switches", False, "involuntary context switches in the workers"),
+            Metric("threads_per_core", "ratio", False, "compute threads asked for per core"),
+        ),
+        main_fix="one-thread",
+        timeout=180.0,
+    )
+)
+
+
+def sample(logits, generator, temperature: float = 0.8, top_p: float = 1.0):
+    """Temperature (and optional top-p) sampling on the CPU, as transformers' warpers do it."""
+    import torch
+
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p >= 1.0:
+        return torch.multinomial(probs, 1, generator=generator)
+    sorted_probs, order = torch.sort(probs, descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+    return order.gather(-1, torch.multinomial(sorted_probs * keep, 1, generator=generator))
+
+
+def generation_loop(model, *, batch: int, tokens: int, top_p: float, seed: int, sampler: Callable = sample) -> int:
+    """Prefill a random prompt, then ``tokens`` decode steps: forward, then sample every logit."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 1000, (batch, 8), generator=gen)
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        for _ in range(tokens):
+            nxt = sampler(out.logits[:, -1, :], gen, top_p=top_p)
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+    return batch * tokens
+
+
+def _counters() -> tuple[float, float, int]:
+    """(monotonic wall, process CPU seconds, involuntary switches) of this process, all threads."""
+    return time.monotonic(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
+def _measured(work: Callable[[], int]) -> dict[str, float]:
+    t0, c0, s0 = _counters()
+    done = work()
+    t1, c1, s1 = _counters()
+    return {"start": t0, "end": t1, "cpu_s": c1 - c0, "ctx": s1 - s0, "threads": psutil.Process().num_threads(), "tokens": done}
+
+
+def _process_worker(index: int, knobs: dict, setup: Callable[[], Any], barrier, results) -> None:
+    from labkit.models import tiny_model
+
+    region = setup()  # sets this worker's thread pools; returns a context factory for the hot loop
+    model = tiny_model(vocab_size=knobs["vocab"])
+    barrier.wait()  # start together, so the wall clock covers one shared busy period
+    with region():
+        stats = _measured(lambda: generation_loop(model, batch=knobs["batch"], tokens=knobs["tokens"], top_p=knobs["top_p"], seed=index))
+    results.put(stats)
+
+
+def _in_processes(knobs: dict, setup: Callable[[], Any]) -> list[dict[str, float]]:
+    import multiprocessing as mp
+
+    from transformers import Qwen3ForCausalLM  # noqa: F401 - import once here, not once per worker
+
+    if threading.active_count() != 1:
+        raise RuntimeError("refusing to fork workers from a process that already runs threads")
+    ctx = mp.get_context("fork")  # see the module docstring: nothing but imports has run yet
+    barrier, results = ctx.Barrier(knobs["workers"]), ctx.SimpleQueue()
+    procs = [ctx.Process(target=_process_worker, args=(i, knobs, setup, barrier, results)) for i in range(knobs["workers"])]
+    for p in procs:
+        p.start()
+    stats = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"worker {p.pid} exited with code {p.exitcode}")
+    return stats
+
+
+def _in_threads(knobs: dict, setup: Callable[[], Any], sampler: Callable = sample) -> list[dict[str, float]]:
+    from labkit.models import tiny_model
+
+    region = setup()
+    model = tiny_model(vocab_size=knobs["vocab"])
+    done: list[int] = []
+
+    def worker(index: int) -> None:
+        with region():  # inside the thread: OpenMP's thread count is a per-thread setting
+            done.append(generation_loop(model, batch=knobs["batch"], tokens=knobs["tokens"], top_p=knobs["top_p"], seed=index, sampler=sampler))
+
+    def all_workers() -> int:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(knobs["workers"])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(done)
+
+    return [_measured(all_workers)]
+
+
+def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: bool = False, sampler: Callable = sample) -> dict[str, float]:
+    """Run the workers, then turn their raw counters into the scenario's metrics."""
+    if as_threads or knobs["workers_as"] == "threads":
+        stats = _in_threads(knobs, setup, sampler)
+    else:
+        stats = _in_processes(knobs, setup)
+    tokens = sum(s["tokens"] for s in stats)
+    expected = knobs["workers"] * knobs["batch"] * knobs["tokens"]
+    if tokens != expected:
+        raise RuntimeError(f"generated {tokens} tokens, expected {expected}")
+    wall = max(s["end"] for s in stats) - min(s["start"] for s in stats)
+    cpu = sum(s["cpu_s"] for s in stats)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "tokens_per_s": tokens / wall,
+        "cpu_s_per_token": cpu / tokens,
+        "os_threads": sum(s["threads"] for s in stats),
+        "ctx_involuntary": sum(s["ctx"] for s in stats),
+        "threads_per_core": knobs["workers"] * intra_op / cores,
+        "wall_s": wall,
+    }
+
+
+def _torch_threads(n: int) -> Callable[[], Callable[[], Any]]:
+    """A worker set-up that sizes torch's pool and adds nothing around the hot loop."""
+
+    def setup():
+        import contextlib
+
+        import torch
+
+        torch.set_num_threads(n)
+        return contextlib.nullcontext
+
+    return setup
+
+
+@storm.variant("broken", broken=True)
+def broken(**knobs: Any) -> dict[str, float]:
+    """Defaults: every worker keeps a full intra-op pool (``threads`` each, one per core by default)."""
+    return _storm(knobs, _torch_threads(knobs["threads"]), knobs["threads"])
+
+
+@storm.variant("one-thread")
+def one_thread(**knobs: Any) -> dict[str, float]:
+    """``torch.set_num_threads(1)`` in each worker: parallelism comes from the workers alone."""
+    return _storm(knobs, _torch_threads(1), 1)
+
+
+@storm.variant("threadpool-limits")
+def threadpool_limits(**knobs: Any) -> dict[str, float]:
+    """threadpoolctl's ``threadpool_limits(1)`` around the hot loop, torch's pool left at its default."""
+
+    def setup():
+        # torch's pool is left at its default here on purpose: torch links MKL statically, where
+        # threadpoolctl cannot see it, and an explicit torch.set_num_threads(n) would pin MKL's
+        # own count at n whatever threadpoolctl says (measured: about a fifth of the gain lost).
+        from threadpoolctl import threadpool_limits as limits
+
+        return lambda: limits(limits=1)
+
+    return _storm(knobs, setup, 1)
+
+
+@storm.variant("bounded-pool")
+def bounded_pool(**knobs: Any) -> dict[str, float]:
+    """Workers as threads in one process, sampling through one shared pool of at most one thread per core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    pool = ThreadPoolExecutor(max_workers=min(cores, knobs["workers"]), thread_name_prefix="sampler")
+
+    def pooled(logits, generator, top_p):
+        return pool.submit(sample, logits, generator, top_p=top_p).result()
+
+    try:
+        return _storm(knobs, _torch_threads(1), 1, as_threads=True, sampler=pooled)
+    finally:
+        pool.shutdown()

@@ -1,0 +1,71 @@
+"""``labkit tour``: every scenario's broken variant against its main fix, on the embedded model.
+
+The report folder holds one A/B figure and the monitor's view of one trial of each side per
+scenario, ``results.json`` (every comparison, every trial) and ``report.md`` that ties them together.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ._json import jsonable
+from .compare import Comparison, compare
+from .doctor import doctor
+from .plots import monitor_figure, save
+from .scenario import scenarios
+
+
+@dataclass
+class TourReport:
+    folder: Path
+    comparisons: list[Comparison]
+    table: pd.DataFrame
+
+
+def tour(out: str | Path = "labkit-report", *, repeats: int = 3, progress: bool = False) -> TourReport:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    comparisons, rows, sections = [], [], []
+    for scen in scenarios():
+        broken, fix = scen.broken_variant, scen.main_fix
+        if broken is None or fix is None:
+            continue
+        result = compare(scen, broken, fix, repeats=repeats, progress=progress)
+        comparisons.append(result)
+        ratio, low, high = result.interval
+        rows.append({
+            "scenario": scen.name, "broken": f"{broken}: {result.a.outcome_text()}", "fix": f"{fix}: {result.b.outcome_text()}",
+            "metric": result.metric.name, "broken median": _fmt(result.a_median), "fix median": _fmt(result.b_median),
+            "fix/broken": f"{ratio:.2f} [{low:.2f}, {high:.2f}]", "verdict": result.verdict,
+        })
+        figures = [save(result.plot(), folder / f"{scen.name}-ab.png").name]
+        for side in (result.a, result.b):
+            trial = side.trials[0]
+            if trial.samples is not None and len(trial.samples):
+                fig = monitor_figure(trial.samples, f"{scen.name} / {side.variant} (trial 0: {trial.outcome})")
+                figures.append(save(fig, folder / f"{scen.name}-{side.variant}-monitor.png").name)
+        sections.append(_section(scen, result, figures))
+    table = pd.DataFrame(rows)
+    (folder / "results.json").write_text(json.dumps(jsonable([c.to_dict() for c in comparisons]), indent=2))
+    env = doctor()
+    (folder / "report.md").write_text(
+        "# labkit tour\n\n```\n" + table.to_string(index=False) + "\n```\n\n" + "\n\n".join(sections)
+        + "\n\n## Environment\n\n```\n" + str(env) + "\n```\n"
+    )
+    return TourReport(folder, comparisons, table)
+
+
+def _section(scen, result: Comparison, figures: list[str]) -> str:
+    lines = [f"## {scen.name}", "", scen.summary, "", f"Source: {scen.source}. Confirmed on: {scen.confirmed_on}.", "",
+             f"**{result.verdict}**", ""]
+    lines += [f"![{name}]({name})" for name in figures]
+    return "\n".join(lines)
+
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
