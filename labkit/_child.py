@@ -25,13 +25,18 @@ def main(folder: Path) -> None:
     stacks = open(folder / "stacks.txt", "a", buffering=1)
     faulthandler.register(STACK_SIGNAL, file=stacks, all_threads=True)
 
+    import pickle
+
+    with open(folder / "call.pkl", "rb") as f:
+        parent_path, call = pickle.load(f)
+    sys.path[:] = list(dict.fromkeys([*parent_path, *sys.path]))
+
     import cloudpickle
 
     from labkit._json import jsonable
     from labkit.errors import WrongResult
 
-    with open(folder / "call.pkl", "rb") as f:
-        fn, kwargs = cloudpickle.load(f)
+    fn, kwargs = cloudpickle.loads(call)
     result: dict
     try:
         value = fn(**kwargs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -53,6 +54,7 @@ class Isolated:
     output: str = ""
     exitcode: int | None = None
     traceback: str | None = None
+    pid: int | None = None  # the child's pid, also its process group's id
 
 
 def run_isolated(
@@ -74,7 +76,9 @@ def run_isolated(
     with tempfile.TemporaryDirectory(prefix="labkit-trial-") as tmp:
         folder = Path(tmp)
         with open(folder / "call.pkl", "wb") as f:
-            cloudpickle.dump((fn, dict(kwargs or {})), f)
+            # The parent's sys.path travels first, so whatever the parent can import by name
+            # (a test module, a notebook's neighbour file) the child can import too.
+            pickle.dump((list(sys.path), cloudpickle.dumps((fn, dict(kwargs or {})))), f)
         child_env = dict(os.environ)
         for key, value in (env or {}).items():
             if value is None:
@@ -101,7 +105,7 @@ def run_isolated(
             _kill_group(proc)
         output = (folder / "output.txt").read_text(errors="replace")[-OUTPUT_KEEP:]
         if not finished:
-            return Isolated("hung", f"no answer within {timeout:g} s", seconds, stacks=stacks, output=output)
+            return Isolated("hung", f"no answer within {timeout:g} s", seconds, stacks=stacks, output=output, pid=proc.pid)
         result_file = folder / "result.json"
         if result_file.exists():
             result = json.loads(result_file.read_text())
@@ -113,8 +117,10 @@ def run_isolated(
                 output=output,
                 exitcode=proc.returncode,
                 traceback=result.get("traceback"),
+                pid=proc.pid,
             )
-        return Isolated("crashed", _describe_exit(proc.returncode), seconds, output=output, exitcode=proc.returncode)
+        return Isolated("crashed", _describe_exit(proc.returncode), seconds, output=output, exitcode=proc.returncode,
+                        pid=proc.pid)
 
 
 def _wait(proc: subprocess.Popen, deadline: float, on_tick, tick: float) -> bool:

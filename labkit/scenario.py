@@ -83,6 +83,7 @@ class Scenario:
     metrics: tuple[Metric, ...] = ()
     main_fix: str | None = None  # what `labkit tour` compares the broken variant against
     timeout: float = 60.0
+    quick: Mapping[str, Any] = field(default_factory=dict)  # knobs for a fast run that still fails
     variants: dict[str, Variant] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

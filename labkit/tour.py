@@ -26,7 +26,9 @@ class TourReport:
     table: pd.DataFrame
 
 
-def tour(out: str | Path = "labkit-report", *, repeats: int = 3, progress: bool = False) -> TourReport:
+def tour(out: str | Path = "labkit-report", *, repeats: int = 3, quick: bool = False, progress: bool = False) -> TourReport:
+    """Compare each scenario's broken variant with its main fix; ``quick`` uses each scenario's
+    fast settings (shorter runs that still show the failure)."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     comparisons, rows, sections = [], [], []
@@ -34,7 +36,7 @@ def tour(out: str | Path = "labkit-report", *, repeats: int = 3, progress: bool 
         broken, fix = scen.broken_variant, scen.main_fix
         if broken is None or fix is None:
             continue
-        result = compare(scen, broken, fix, repeats=repeats, progress=progress)
+        result = compare(scen, broken, fix, repeats=repeats, knobs=scen.quick if quick else None, progress=progress)
         comparisons.append(result)
         ratio, low, high = result.interval
         rows.append({

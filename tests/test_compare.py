@@ -1,0 +1,77 @@
+"""The A/B statistics: a known difference is found, identical variants are 'within noise'."""
+
+import random
+
+import numpy as np
+
+from labkit import Metric, compare_functions, paired_ratio_ci, ratio_ci
+from labkit.compare import verdict
+
+FAST = Metric("tokens_per_s", "tokens/s", higher_is_better=True)
+CPU = Metric("cpu_s_per_token", "s", higher_is_better=False)
+
+
+def test_a_known_difference_is_found():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(100, 5, 7), rng.normal(150, 5, 7)
+    ratio, low, high = ratio_ci(a, b)
+    assert 1.35 < low <= ratio <= high < 1.65
+    assert verdict("a", "b", FAST, ratio, low, high).startswith("b is better than a")
+    assert verdict("a", "b", CPU, ratio, low, high).startswith("b is worse than a")
+
+
+def test_identical_variants_are_within_noise():
+    """A 95% interval may miss 1 now and then; over many identical pairs it must stay rare."""
+    rng = np.random.default_rng(2)
+    draws = 200
+    misses = 0
+    for _ in range(draws):
+        a, b = rng.normal(100, 10, 5), rng.normal(100, 10, 5)
+        _, low, high = ratio_ci(a, b, resamples=2000)
+        misses += not low <= 1 <= high
+    assert misses / draws <= 0.08
+    assert verdict("a", "b", FAST, 1.01, 0.9, 1.1).startswith("within noise")
+
+
+def test_pairing_sees_through_drift():
+    drift = np.linspace(1, 3, 20)  # the machine slows down threefold during the run
+    a, b = 10 * drift, 10.5 * drift
+    _, low, high = ratio_ci(a, b)
+    assert low < 1 < high  # unpaired: lost in the drift
+    ratio, low, high = paired_ratio_ci(a, b)
+    assert abs(ratio - 1.05) < 1e-9 and low > 1
+
+
+def constant():
+    return {"speed": 1.0}
+
+
+def test_empty_side_gives_no_answer():
+    assert np.isnan(ratio_ci([], [1.0])[0])
+    assert verdict("a", "b", FAST, float("nan"), float("nan"), float("nan")).startswith("no answer")
+
+
+def slow():
+    return {"speed": 100 + random.random()}
+
+
+def fast():
+    return {"speed": 200 + random.random()}
+
+
+def test_user_functions_run_isolated_and_interleaved():
+    result = compare_functions(slow, fast, metric="speed", repeats=3, monitor=False)
+    assert [t.outcome for t in result.a.trials + result.b.trials] == ["ok"] * 6
+    assert result.verdict.startswith("fast is better than slow")
+    assert 1.9 < result.ratio < 2.1
+    out = result.to_dict()
+    assert {"a_median", "b_median", "ratio", "ci", "verdict"} <= set(out)
+    frame = result.to_frame()
+    assert set(frame.variant) == {"slow", "fast"} and set(frame.metric) == {"seconds", "speed"}
+
+
+def test_same_function_twice_is_within_noise():
+    result = compare_functions(constant, constant, metric="speed", repeats=2, monitor=False)
+    assert (result.a.variant, result.b.variant) == ("a", "b")
+    assert result.ratio == 1.0 and result.ci == (1.0, 1.0)
+    assert result.verdict.startswith("within noise")

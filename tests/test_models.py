@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from labkit import BadInput, models
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return models.load()
+
+
+def test_weights_are_the_same_every_time(tiny):
+    model, _ = tiny
+    again = models.tiny_model()
+    for (name, p), (_, q) in zip(model.named_parameters(), again.named_parameters()):
+        assert torch.equal(p, q), name
+    # pinned: the first embedding values come from NumPy's PCG64 with seed 0, on any torch version
+    first = model.get_input_embeddings().weight[0, :3].tolist()
+    assert first == pytest.approx([1.1176220, -1.3871249, -0.4265716], abs=1e-6)
+
+
+def test_tokenizer_round_trips_and_generation_is_batch_invariant(tiny):
+    model, tok = tiny
+    prompts = ["Rotary position embeddings turn each position", "A lock"]
+    assert tok.decode(tok(prompts[0]).input_ids) == prompts[0]
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    together = model.generate(**batch, max_new_tokens=32, do_sample=False)[:, -32:]
+    for i, prompt in enumerate(prompts):
+        alone = model.generate(**tok([prompt], return_tensors="pt"), max_new_tokens=32, do_sample=False)[:, -32:]
+        assert torch.equal(alone[0], together[i])
+
+
+def test_large_vocabulary_variant():
+    model = models.tiny_model(vocab_size=models.QWEN_VOCAB)
+    assert model.lm_head.out_features == 151_936
+
+
+def test_saved_checkpoint_loads_through_from_pretrained(tmp_path, tiny):
+    model, tok = tiny
+    folder = models.save_tiny(tmp_path / "tiny")
+    loaded, loaded_tok = models.load(str(folder))
+    ids = tok(["The current device"], return_tensors="pt").input_ids
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert len(loaded_tok) == len(tok)
+
+
+def test_a_missing_model_path_is_refused():
+    with pytest.raises(BadInput, match="model path './no/such/model' does not exist"):
+        models.load("./no/such/model")

@@ -1,0 +1,113 @@
+import subprocess
+import sys
+import threading
+import time
+import types
+
+import pytest
+
+from labkit import Monitor, nvml
+from labkit import monitor as monitor_module
+
+
+def test_it_samples_at_its_rate_and_stops():
+    with Monitor(interval=0.05, gpu=False) as mon:
+        time.sleep(0.6)
+    assert 6 <= len(mon.samples) <= 16
+    assert not mon.running
+    assert "labkit-monitor" not in [t.name for t in threading.enumerate()]
+    frame = mon.to_frame()
+    assert list(frame.columns) == ["time_s", "source", "metric", "value", "unit"]
+    cores = frame[frame.metric.eq("cpu_percent") & frame.source.str.startswith("cpu")]
+    assert cores.source.nunique() == len(mon.samples[0].cpu_percent)
+    assert frame.value[frame.metric.eq("cpu_percent")].between(0, 200).all()
+
+
+def test_it_follows_a_busy_child_process():
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    try:
+        with Monitor(interval=0.05, gpu=False) as mon:
+            busy.wait()
+    finally:
+        busy.kill()
+    assert max(s.processes for s in mon.samples) >= 2
+    used = mon.samples[-1].tree_cpu_s - mon.samples[0].tree_cpu_s
+    assert used > 0.8  # the child burned ~1.5 s of CPU, reaped children included
+
+
+def test_it_survives_a_missing_nvml(monkeypatch, caplog):
+    monkeypatch.setattr(nvml, "pynvml", None)
+    monkeypatch.setattr(nvml, "_IMPORT_ERROR", "pynvml is not importable (test)")
+    monkeypatch.setattr(monitor_module, "_said_no_gpu", False)
+    with caplog.at_level("WARNING", logger="labkit"):
+        with Monitor(interval=0.05) as first:
+            time.sleep(0.15)
+        with Monitor(interval=0.05):
+            time.sleep(0.05)
+    assert "pynvml is not importable" in first.gpu_note
+    assert sum("recording CPU only" in r.message for r in caplog.records) == 1  # said once
+    assert first.samples and all(s.gpus == () for s in first.samples)
+
+
+class FakeNvml(types.SimpleNamespace):
+    """Stands in for pynvml so the GPU branch runs on a CPU machine (the seam gpustat uses too)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self):
+        super().__init__(calls=0)
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return b"Fake GPU"
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        self.calls += 1
+        return types.SimpleNamespace(gpu=40 + h)
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return types.SimpleNamespace(used=2**30, total=8 * 2**30)
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        if h == 1:
+            raise self.NVMLError("not supported")
+        return 75_000
+
+
+def test_gpu_columns_come_from_nvml(monkeypatch):
+    fake = FakeNvml()
+    monkeypatch.setattr(nvml, "pynvml", fake)
+    with Monitor(interval=0.05) as mon:
+        time.sleep(0.2)
+    frame = mon.to_frame()
+    gpu = frame[frame.source.str.startswith("gpu")]
+    assert set(gpu.source) == {"gpu0", "gpu1"}
+    assert set(gpu[gpu.metric.eq("sm_percent")].value) == {40.0, 41.0}
+    assert set(gpu[gpu.metric.eq("power")].source) == {"gpu0"}  # gpu1 reports no power
+    assert fake.calls >= 2 * 3
+
+
+@pytest.mark.gpu
+def test_real_nvml_sees_the_gpu():
+    gpus, reason = nvml.open_gpus()
+    assert gpus is not None, reason
+    try:
+        sample = gpus.sample()[0]
+        assert 0 <= sample.sm_percent <= 100 and sample.memory_total_bytes > 0
+    finally:
+        gpus.close()
+    with Monitor(interval=0.05) as mon:
+        time.sleep(0.2)
+    assert (mon.to_frame().source == "gpu0").any()

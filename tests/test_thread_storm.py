@@ -1,0 +1,47 @@
+"""thread-storm: every variant runs on the CPU. Speed is a benchmark (labkit compare), not a test;
+what is asserted here does not depend on timing."""
+
+import os
+
+import pytest
+import torch
+
+from labkit import run
+from labkit.scenarios.thread_storm import DEFAULT_THREADS, sample
+
+QUICK = {"workers": 2, "tokens": 2, "vocab": 4096, "batch": 2}
+
+
+@pytest.fixture(scope="module")
+def trials():
+    return {v: run("thread-storm", v, knobs=QUICK, monitor=False).trials[0]
+            for v in ("broken", "one-thread", "threadpool-limits", "bounded-pool")}
+
+
+@pytest.mark.parametrize("variant", ["broken", "one-thread", "threadpool-limits", "bounded-pool"])
+def test_every_variant_generates(trials, variant):
+    t = trials[variant]
+    assert t.outcome == "ok", (t.error, t.output[-2000:])
+    assert t.metrics["tokens_per_s"] > 0 and t.metrics["cpu_s_per_token"] > 0
+
+
+def test_broken_asks_for_more_threads_than_cores(trials):
+    cores = len(os.sched_getaffinity(0))
+    assert trials["broken"].metrics["threads_per_core"] == QUICK["workers"] * DEFAULT_THREADS / cores
+    assert trials["one-thread"].metrics["threads_per_core"] == QUICK["workers"] / cores
+    if DEFAULT_THREADS > 1:  # each broken worker carries an OpenMP pool of torch's default size
+        assert trials["broken"].metrics["os_threads"] > trials["one-thread"].metrics["os_threads"]
+
+
+def test_workers_as_threads():
+    t = run("thread-storm", "broken", knobs={**QUICK, "workers_as": "threads"}, monitor=False).trials[0]
+    assert t.outcome == "ok", t.error
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.tensor([[0.0, 10.0, 0.0, 9.0]])
+    gen = torch.Generator().manual_seed(0)
+    picks = {int(sample(logits, gen, temperature=1.0, top_p=0.05)) for _ in range(50)}
+    assert picks == {1}
+    picks = {int(sample(logits, gen, temperature=1.0, top_p=1.0)) for _ in range(200)}
+    assert {1, 3} <= picks
