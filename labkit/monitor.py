@@ -22,7 +22,7 @@ import psutil
 from . import nvml
 
 log = logging.getLogger("labkit")
-REFRESH = 1.0  # seconds between two searches for new descendants
+REFRESH = 2.0  # seconds between two full searches for descendants (see Monitor._tree)
 _said_no_gpu = False
 
 
@@ -99,9 +99,14 @@ class Monitor:
             self._sample()
 
     def _tree(self) -> list[psutil.Process]:
-        """The watched processes. Finding descendants means reading every process's /proc entry,
-        so membership is refreshed only every ``REFRESH`` seconds; the counters read from each
-        process are cumulative, so a worker found late loses none of its CPU seconds."""
+        """The watched processes, found two ways.
+
+        Every sample, each known process's main thread lists its direct children
+        (``/proc/PID/task/PID/children``, one small read): a worker forked or spawned by the trial
+        shows up within one tick, so its CPU is not counted late in a single burst. Every
+        ``REFRESH`` seconds a full search (every process's /proc entry, ~1 ms) also catches
+        children started from other threads, and is the only way where that file does not exist.
+        """
         now = time.monotonic()
         if now - self._found_at >= REFRESH or not self._procs:
             self._found_at = now
@@ -111,6 +116,16 @@ class Monitor:
                 return []
             # Reuse Process objects: creating one per sample costs more than reading it.
             self._procs = {p.pid: self._procs.get(p.pid, p) for p in found}
+        else:
+            queue = list(self._procs)
+            while queue:
+                for child in _direct_children(queue.pop()):
+                    if child not in self._procs:
+                        try:
+                            self._procs[child] = psutil.Process(child)
+                        except psutil.NoSuchProcess:
+                            continue
+                        queue.append(child)
         return list(self._procs.values())
 
     def _sample(self) -> None:
@@ -140,6 +155,14 @@ class Monitor:
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _direct_children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
 
 
 def _read_process(proc: psutil.Process) -> tuple[float, int, int, int, int] | None:

@@ -146,6 +146,17 @@ def in_notebook() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
+def _show_figures_inline() -> None:
+    """Let a bare ``Figure`` (returned by ``.plot()``) render as a PNG in a notebook cell."""
+    if in_notebook():
+        from IPython import get_ipython
+
+        get_ipython().display_formatter.formatters["image/png"].for_type(Figure, png)
+
+
+_show_figures_inline()
+
+
 class LivePlot:
     """Redraw the monitor figure in place while a trial runs: pass it as ``on_tick``.
 
