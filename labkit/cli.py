@@ -75,9 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .scenario import scenarios
+    from .scenario import all_scenarios
 
-    for s in scenarios():
+    for s in all_scenarios():
         print(f"{s.name}: {s.summary}")
         print(f"  source: {s.source}")
         for v in s.variants.values():

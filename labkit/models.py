@@ -50,9 +50,11 @@ def tiny_config(vocab_size: int | None = None, **overrides: Any):
 def fill_weights(model, seed: int = SEED) -> None:
     """Overwrite every parameter from NumPy's PCG64 stream, in name order.
 
-    Norm weights are ones; embeddings are N(0, 1); linear weights N(0, 1/fan_in). With tied
-    embeddings that gives logits with a spread of several units, so greedy decoding has clear
-    winners and batched and one-at-a-time runs agree token for token.
+    Norm weights are ones; the embedding and the output head are N(0, 1); other linear weights
+    N(0, 1/fan_in). The unit-scale head gives logits with a spread of several units, so greedy
+    decoding has clear winners and batched and one-at-a-time runs agree token for token. The head
+    is untied on purpose: with tied embeddings a random model mostly repeats its input token, and
+    nothing it says would depend on positions (the thread-race scenario needs that it does).
     """
     import torch
 
@@ -62,7 +64,7 @@ def fill_weights(model, seed: int = SEED) -> None:
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
                 continue
-            std = 1.0 if "embed" in name else param.shape[-1] ** -0.5
+            std = 1.0 if ("embed" in name or "lm_head" in name) else param.shape[-1] ** -0.5
             values = rng.standard_normal(param.shape, dtype=np.float32) * std
             param.copy_(torch.from_numpy(values))
 

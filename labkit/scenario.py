@@ -32,6 +32,7 @@ class Knob:
     low: float | None = None
     high: float | None = None
     choices: tuple[Any, ...] | None = None
+    validate: Callable[[Any], Any] | None = None  # raises BadInput, or returns the value normalised
 
     def check(self, value: Any) -> Any:
         """Coerce ``value`` to the default's type and check it is allowed (else :class:`BadInput`)."""
@@ -44,7 +45,7 @@ class Knob:
             raise BadInput(f"{self.name}={value!r} is not allowed; {self.allowed()}")
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise BadInput(f"{self.name}={value!r} is out of range; {self.allowed()}")
-        return value
+        return self.validate(value) if self.validate is not None else value
 
     def allowed(self) -> str:
         if self.choices is not None:
@@ -137,7 +138,7 @@ class Scenario:
 
 
 _REGISTRY: dict[str, Scenario] = {}
-_BUILTINS = ("thread_storm",)  # modules of labkit.scenarios; each registers what it defines
+_BUILTINS = ("thread_race", "thread_storm")  # modules of labkit.scenarios; each registers what it defines
 
 
 def register(scenario: Scenario) -> Scenario:
@@ -150,7 +151,7 @@ def _load_builtins() -> None:
         importlib.import_module(f"labkit.scenarios.{module}")
 
 
-def scenarios() -> list[Scenario]:
+def all_scenarios() -> list[Scenario]:
     _load_builtins()
     return list(_REGISTRY.values())
 
@@ -169,12 +170,3 @@ def positive(name: str, default: int, help: str, high: int = 256) -> Knob:
     """A count of threads, workers, requests...: at least 1."""
     return Knob(name, default, help, low=1, high=high)
 
-
-def describe(items: Iterable[Scenario]) -> str:
-    lines = []
-    for s in items:
-        lines.append(f"{s.name}: {s.summary}")
-        for v in s.variants.values():
-            tag = " (broken)" if v.broken else ""
-            lines.append(f"    {v.name}{tag}: {v.summary}")
-    return "\n".join(lines)

@@ -16,7 +16,7 @@ from ._json import jsonable
 from .compare import Comparison, compare
 from .doctor import doctor
 from .plots import monitor_figure, save
-from .scenario import scenarios
+from .scenario import all_scenarios
 
 
 @dataclass
@@ -32,7 +32,7 @@ def tour(out: str | Path = "labkit-report", *, repeats: int = 3, quick: bool = F
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     comparisons, rows, sections = [], [], []
-    for scen in scenarios():
+    for scen in all_scenarios():
         broken, fix = scen.broken_variant, scen.main_fix
         if broken is None or fix is None:
             continue

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from labkit import Metric, Scenario, register
+from labkit import Metric, Scenario
+from labkit import scenario as registry
 from labkit.cli import main
 from labkit.isolate import group_members
 
@@ -20,8 +21,13 @@ def locks_up():
     lock.acquire()
 
 
-hang = register(Scenario("test-hang", summary="a lock taken twice", metrics=(Metric("x", "1"),), timeout=30))
-hang.variant("broken", broken=True)(locks_up)
+@pytest.fixture
+def hang_scenario(monkeypatch):
+    """A scenario that deadlocks, registered for one test only."""
+    hang = Scenario("test-hang", summary="a lock taken twice", metrics=(Metric("x", "1"),), timeout=30)
+    hang.variant("broken", broken=True)(locks_up)
+    monkeypatch.setitem(registry._REGISTRY, hang.name, hang)
+    return hang
 
 
 def run_cli(capsys, *args):
@@ -70,7 +76,7 @@ def test_run_json_contract(capsys):
     assert result["summary"]["outcomes"]["ok"] == 2 and result["trials"][0]["metrics"]["tokens_per_s"] > 0
 
 
-def test_a_hang_comes_back_hung_with_stacks_and_nothing_left(capsys):
+def test_a_hang_comes_back_hung_with_stacks_and_nothing_left(capsys, hang_scenario):
     code, out, _ = run_cli(capsys, "run", "test-hang", "--variant", "broken", "--timeout", "2", "--json")
     trial = json.loads(out)["trials"][0]
     assert code == 0 and trial["outcome"] == "hung" and trial["seconds"] < 6
@@ -97,6 +103,6 @@ def test_doctor_reports_pools_and_variables(capsys):
 
 def test_tour_writes_a_report(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "tour", "--quick", "--repeats", "1", "--out", str(tmp_path))
-    assert code == 0 and "thread-storm" in out
-    assert {"report.md", "results.json", "thread-storm-ab.png"} <= {p.name for p in tmp_path.iterdir()}
-    assert json.loads((tmp_path / "results.json").read_text())[0]["scenario"] == "thread-storm"
+    assert code == 0 and "thread-storm" in out and "thread-race" in out
+    assert {"report.md", "results.json", "thread-storm-ab.png", "thread-race-ab.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert {c["scenario"] for c in json.loads((tmp_path / "results.json").read_text())} == {"thread-race", "thread-storm"}

@@ -24,7 +24,7 @@
 import labkit
 
 # NBVAL_CHECK_OUTPUT
-for s in labkit.scenarios():
+for s in labkit.all_scenarios():
     print(f"{s.name}: broken={s.broken_variant}, fixes={', '.join(s.fixes)}")
 
 # %% [markdown]

@@ -1,0 +1,275 @@
+"""thread-race: N requests served from threads on one model whose rotary cache is shared state.
+
+Source: ``shared/seeds/000`` — Qwen-1.8B served from several Python threads raised
+``TypeError: cannot unpack non-iterable NoneType object`` (QwenLM/Qwen issue 1303: ten threads each
+looping ``model.chat``), and more threads did not bring more throughput. The fixes the report names
+are all here: a lock, processes, batching through a request queue.
+
+Each trial encodes N prompts of different lengths (some longer than the trained length, so their
+NTK factors differ) from the corpus with the embedded tokenizer, generates each one alone first to
+get the reference answer (greedy), then serves all N at once and checks every answer against its
+reference. A request that raises makes the trial ``raised``; one that finishes with other tokens
+makes it ``wrong``. The model is the real transformers Qwen3 with Qwen-1's rotary pattern
+installed (:mod:`labkit.scenarios.qwen1_rotary` says why it is rebuilt rather than loaded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from ..errors import BadInput, WrongResult
+from ..scenario import Knob, Metric, Scenario, positive, register
+
+LENGTHS = (6, 40, 12, 48, 20, 36, 9, 56)  # around the trained length (32): NTK factors 1 and 3
+BATCH_WINDOW_S = 0.005  # how long the batching server waits for more requests after the first
+
+
+def _compute_device(name: str) -> str:
+    from ..devices import check_device
+
+    device = check_device(name)
+    if device == "meta":
+        raise BadInput("device 'meta' holds no data to generate with; allowed: cpu, cuda:N")
+    return device
+
+
+race = register(
+    Scenario(
+        name="thread-race",
+        summary="threads share a lazily rebuilt rotary cache (Qwen-1): TypeError or silently wrong answers",
+        source="seed 000 (Qwen-1.8B from threads): QwenLM/Qwen issue 1303",
+        confirmed_on="torch 2.13.0, transformers 5.23 (Qwen3 with Qwen-1's rotary pattern); 2-core x86-64",
+        knobs=(
+            positive("threads", 8, "concurrent requests (one client thread each)", high=64),
+            positive("tokens", 32, "new tokens per request (greedy)", high=256),
+            Knob("device", "cpu", "device the model runs on", validate=_compute_device),
+        ),
+        metrics=(
+            Metric("tokens_per_s", "tokens/s", True, "new tokens of all requests per wall-clock second"),
+            Metric("requests_failed", "requests", False, "requests that raised or answered wrong"),
+        ),
+        main_fix="lock",
+        timeout=120.0,
+        quick={"tokens": 16},
+    )
+)
+
+
+def prompts(n: int) -> list[list[int]]:
+    """N token-id prompts cut from the corpus, of the lengths in LENGTHS (cycled)."""
+    from ..models import data_dir, tiny_tokenizer
+
+    ids = tiny_tokenizer()((data_dir() / "corpus.txt").read_text())["input_ids"]
+    return [ids[7 * i: 7 * i + LENGTHS[i % len(LENGTHS)]] for i in range(n)]
+
+
+def generate(model, batch: list[list[int]], tokens: int, device: str) -> list[list[int]]:
+    """Greedy generate for a left-padded batch; returns each request's new tokens."""
+    import torch
+
+    width = max(map(len, batch))
+    pad = model.generation_config.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False)
+    return out[:, width:].tolist()
+
+
+def _model(device: str, rotary: Callable | None = None):
+    from ..models import tiny_model
+    from .qwen1_rotary import LazySharedRotary, install
+
+    model = tiny_model().to(device)
+    install(model, rotary or LazySharedRotary)
+    return model
+
+
+def check_answers(references: list[list[int]], answers: list[Any]) -> list[int]:
+    """Indexes of the requests whose answer differs from their solo reference (None counts)."""
+    return [i for i, (ref, ans) in enumerate(zip(references, answers)) if ans != ref]
+
+
+def _outcome(references, answers, errors, wall: float, tokens: int) -> dict[str, float]:
+    """Turn what the requests did into metrics, or raise what the trial's outcome must say."""
+    failed = sorted(set(check_answers(references, answers)) | {i for i, e in enumerate(errors) if e})
+    metrics = {"tokens_per_s": len(references) * tokens / wall, "requests_failed": float(len(failed))}
+    first_error = next((e for e in errors if e is not None), None)
+    if first_error is not None:
+        first_error.metrics = metrics  # the isolated child keeps these with the "raised" outcome
+        raise first_error
+    if failed:
+        raise WrongResult(f"{len(failed)} of {len(references)} requests differ from their solo run: {failed}", metrics)
+    return metrics
+
+
+def _threads(knobs: dict, rotary=None, guard: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
+    """Every request in its own thread, all on one shared model, started together."""
+    device, tokens = knobs["device"], knobs["tokens"]
+    requests = prompts(knobs["threads"])
+    model = _model(device, rotary)
+    references = [generate(model, [p], tokens, device)[0] for p in requests]
+    model = _model(device, rotary)  # a fresh model (empty cache) serves the concurrent requests
+    answers: list[Any] = [None] * len(requests)
+    errors: list[BaseException | None] = [None] * len(requests)
+    start = threading.Barrier(len(requests))
+
+    def client(i: int) -> None:
+        start.wait()
+        try:
+            with guard():
+                answers[i] = generate(model, [requests[i]], tokens, device)[0]
+        except Exception as exc:  # noqa: BLE001 - each request's failure is reported
+            errors[i] = exc
+
+    workers = [threading.Thread(target=client, args=(i,), name=f"request-{i}") for i in range(len(requests))]
+    t0 = time.monotonic()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return _outcome(references, answers, errors, time.monotonic() - t0, tokens)
+
+
+@race.variant("broken", broken=True)
+def broken(**knobs: Any) -> dict[str, float]:
+    """One shared model, one thread per request: the threads rebuild and read the rotary cache at once."""
+    return _threads(knobs)
+
+
+@race.variant("lock")
+def lock(**knobs: Any) -> dict[str, float]:
+    """A lock around each request: correct, and the requests run one at a time."""
+    one_at_a_time = threading.Lock()
+    return _threads(knobs, guard=lambda: one_at_a_time)
+
+
+@race.variant("per-thread")
+def per_thread(**knobs: Any) -> dict[str, float]:
+    """Tables precomputed once and never written; each thread keeps its own NTK factor."""
+    from .qwen1_rotary import PerThreadRotary
+
+    return _threads(knobs, rotary=PerThreadRotary)
+
+
+class BatchingServer:
+    """One worker thread drains a request queue into padded batches (dynamic micro-batching).
+
+    Only the worker touches the model, so there is nothing to race on; requests that arrive within
+    ``window`` seconds of the first one share its batch.
+    """
+
+    def __init__(self, model, tokens: int, device: str, window: float = BATCH_WINDOW_S, max_batch: int = 64):
+        self.model, self.tokens, self.device, self.window, self.max_batch = model, tokens, device, window, max_batch
+        self.requests: queue.Queue = queue.Queue()
+        self.batches: list[int] = []  # the size of every batch served, for the notebook
+        self.worker = threading.Thread(target=self._serve, name="batching-server", daemon=True)
+        self.worker.start()
+
+    def submit(self, prompt: list[int]) -> Future:
+        future: Future = Future()
+        self.requests.put((prompt, future))
+        return future
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.worker.join()
+
+    def _serve(self) -> None:
+        while (first := self.requests.get()) is not None:
+            batch, closing = [first], False
+            deadline = time.monotonic() + self.window
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.requests.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            self.batches.append(len(batch))
+            try:
+                answers = generate(self.model, [p for p, _ in batch], self.tokens, self.device)
+                for (_, future), answer in zip(batch, answers):
+                    future.set_result(answer)
+            except Exception as exc:  # noqa: BLE001 - every waiting client gets the error
+                for _, future in batch:
+                    future.set_exception(exc)
+            if closing:
+                return
+
+
+@race.variant("batched")
+def batched(**knobs: Any) -> dict[str, float]:
+    """Client threads hand their requests to one worker thread that generates them as padded batches."""
+    device, tokens = knobs["device"], knobs["tokens"]
+    requests = prompts(knobs["threads"])
+    model = _model(device)
+    references = [generate(model, [p], tokens, device)[0] for p in requests]
+    server = BatchingServer(_model(device), tokens, device)
+    answers: list[Any] = [None] * len(requests)
+    errors: list[BaseException | None] = [None] * len(requests)
+    start = threading.Barrier(len(requests))
+
+    def client(i: int) -> None:
+        start.wait()
+        try:
+            answers[i] = server.submit(requests[i]).result()
+        except Exception as exc:  # noqa: BLE001
+            errors[i] = exc
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
+    t0 = time.monotonic()
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    wall = time.monotonic() - t0
+    server.close()
+    metrics = _outcome(references, answers, errors, wall, tokens)
+    return {**metrics, "batches": float(len(server.batches))}
+
+
+_worker_model = None
+
+
+def _worker_start(device: str, ready) -> None:
+    global _worker_model
+    import torch
+
+    torch.set_num_threads(1)  # the processes are the parallelism; see the thread-storm scenario
+    _worker_model = _model(device)
+    ready.wait()
+
+
+def _worker_generate(args: tuple[list[int], int, str]) -> list[int]:
+    prompt, tokens, device = args
+    return generate(_worker_model, [prompt], tokens, device)[0]
+
+
+@race.variant("processes")
+def processes(**knobs: Any) -> dict[str, float]:
+    """A pool of worker processes, one model each, one torch thread each: no shared state at all."""
+    import multiprocessing as mp
+
+    device, tokens = knobs["device"], knobs["tokens"]
+    requests = prompts(knobs["threads"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    size = min(cores, len(requests))
+    ctx = mp.get_context("fork")  # forked before this process starts any thread or touches CUDA
+    ready = ctx.Barrier(size + 1)
+    with ctx.Pool(size, initializer=_worker_start, initargs=(device, ready)) as pool:
+        model = _model(device)  # the reference model lives in this process only
+        references = [generate(model, [p], tokens, device)[0] for p in requests]
+        ready.wait()  # every worker has built its model: the clock starts on serving alone
+        t0 = time.monotonic()
+        answers = pool.map(_worker_generate, [(p, tokens, device) for p in requests], chunksize=1)
+        wall = time.monotonic() - t0
+    return _outcome(references, answers, [None] * len(requests), wall, tokens)

@@ -1,0 +1,80 @@
+"""thread-race: real threads on one model with Qwen-1's shared rotary cache, and its four fixes."""
+
+import threading
+
+import pytest
+
+from labkit import WrongResult, run
+from labkit.scenarios import qwen1_rotary, thread_race
+
+QUICK = {"tokens": 12}
+
+
+def test_broken_fails_every_trial():
+    trials = run("thread-race", "broken", repeats=3, knobs=QUICK, monitor=False).trials
+    assert [t.outcome for t in trials if t.outcome not in ("raised", "wrong")] == []
+    for t in trials:
+        assert t.metrics["requests_failed"] >= 1
+        if t.outcome == "raised":  # the report's TypeError, or a table read before its rebuild ended
+            assert t.error.startswith(("TypeError: cannot unpack non-iterable NoneType", "IndexError", "RuntimeError"))
+
+
+@pytest.mark.parametrize("variant", ["lock", "per-thread", "batched", "processes"])
+def test_every_fix_never_fails(variant):
+    trials = run("thread-race", variant, repeats=2, knobs=QUICK, monitor=False).trials
+    assert [(t.outcome, t.error) for t in trials] == [("ok", None)] * 2
+    assert all(t.metrics["requests_failed"] == 0 for t in trials)
+
+
+def test_the_detector_catches_a_planted_corruption():
+    references = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    answers = [list(r) for r in references]
+    assert thread_race.check_answers(references, answers) == []
+    answers[1][2] = 0  # one token of one request, changed
+    assert thread_race.check_answers(references, answers) == [1]
+    with pytest.raises(WrongResult, match=r"1 of 3 requests differ from their solo run: \[1\]") as caught:
+        thread_race._outcome(references, answers, [None] * 3, wall=1.0, tokens=3)
+    assert caught.value.metrics["requests_failed"] == 1
+
+
+@pytest.fixture(scope="module")
+def model():
+    return thread_race._model("cpu")
+
+
+def test_the_batching_server_returns_each_request_its_own_answer(model):
+    requests = thread_race.prompts(8)
+    alone = [thread_race.generate(model, [p], 16, "cpu")[0] for p in requests]
+    server = thread_race.BatchingServer(model, 16, "cpu")
+    answers = [None] * 8
+
+    def client(i):
+        answers[i] = server.submit(requests[i]).result()
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    server.close()
+    assert answers == alone
+    assert sum(server.batches) == 8
+
+
+def test_the_fixed_rotary_computes_what_the_lazy_one_does_alone(model):
+    requests = thread_race.prompts(4)
+    lazy = [thread_race.generate(model, [p], 16, "cpu")[0] for p in requests]
+    qwen1_rotary.install(model, qwen1_rotary.PerThreadRotary)
+    try:
+        fixed = [thread_race.generate(model, [p], 16, "cpu")[0] for p in requests]
+    finally:
+        qwen1_rotary.install(model)
+    assert fixed == lazy
+    assert {qwen1_rotary.ntk_alpha(len(p)) for p in requests} == {1.0, 3.0}  # both factors in play
+
+
+def test_meta_is_no_device_to_generate_on():
+    from labkit import BadInput, get
+
+    with pytest.raises(BadInput, match="device 'meta' holds no data"):
+        get("thread-race").knob_values({"device": "meta"})
