@@ -35,8 +35,8 @@ def ratio_ci(
 ) -> tuple[float, float, float]:
     """``(median(b)/median(a), low, high)`` with a percentile bootstrap interval of the ratio."""
     a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a_arr) == 0 or len(b_arr) == 0:
-        return math.nan, math.nan, math.nan
+    if len(a_arr) == 0 or len(b_arr) == 0 or np.median(a_arr) == 0:
+        return math.nan, math.nan, math.nan  # no ratio to speak of (0 requests failed on both sides, say)
     rng = np.random.default_rng(seed)
     a_med = np.median(rng.choice(a_arr, (resamples, len(a_arr))), axis=1)
     b_med = np.median(rng.choice(b_arr, (resamples, len(b_arr))), axis=1)
@@ -61,14 +61,17 @@ def paired_ratio_ci(
 
 
 def _interval(resampled: np.ndarray, confidence: float) -> tuple[float, float]:
+    finite = resampled[np.isfinite(resampled)]  # a resample of A whose median is 0 has no ratio
+    if len(finite) == 0:
+        return math.nan, math.nan
     tail = (1 - confidence) / 2 * 100
-    low, high = np.nanpercentile(resampled, [tail, 100 - tail])
+    low, high = np.percentile(finite, [tail, 100 - tail])
     return float(low), float(high)
 
 
 def verdict(a: str, b: str, metric: Metric, ratio: float, low: float, high: float) -> str:
     if math.isnan(ratio):
-        return "no answer: a side has no measurement of this metric"
+        return f"no ratio: {a} has no measurement of {metric.name}, or its median is 0"
     interval = f"{b}/{a} = {ratio:.2f}, 95% CI [{low:.2f}, {high:.2f}]"
     if low <= 1.0 <= high:
         return f"within noise ({interval})"

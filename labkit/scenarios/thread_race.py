@@ -28,6 +28,12 @@ from ..scenario import Knob, Metric, Scenario, positive, register
 
 LENGTHS = (6, 40, 12, 48, 20, 36, 9, 56)  # around the trained length (32): NTK factors 1 and 3
 BATCH_WINDOW_S = 0.005  # how long the batching server waits for more requests after the first
+TORCH_THREADS_WHY = """\
+One intra-op thread by default: this tiny model's generate is thousands of tiny ops, and with torch's
+default pool (one thread per core) the same batched generate took 0.09 s from the main thread and
+0.27 s from any other thread here (libgomp spins between parallel regions only for the main thread's
+team; with OMP_WAIT_POLICY=PASSIVE the main thread is as slow). Servers generate from worker
+threads, so the default pool would hide the difference between the serving strategies."""
 
 
 def _compute_device(name: str) -> str:
@@ -48,6 +54,7 @@ race = register(
         knobs=(
             positive("threads", 8, "concurrent requests (one client thread each)", high=64),
             positive("tokens", 32, "new tokens per request (greedy)", high=256),
+            positive("torch_threads", 1, "torch intra-op threads in the serving process (see TORCH_THREADS_WHY)", high=64),
             Knob("device", "cpu", "device the model runs on", validate=_compute_device),
         ),
         metrics=(
@@ -109,9 +116,16 @@ def _outcome(references, answers, errors, wall: float, tokens: int) -> dict[str,
     return metrics
 
 
+def _serving_setup(knobs: dict) -> tuple[str, int]:
+    import torch
+
+    torch.set_num_threads(knobs["torch_threads"])
+    return knobs["device"], knobs["tokens"]
+
+
 def _threads(knobs: dict, rotary=None, guard: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
     """Every request in its own thread, all on one shared model, started together."""
-    device, tokens = knobs["device"], knobs["tokens"]
+    device, tokens = _serving_setup(knobs)
     requests = prompts(knobs["threads"])
     model = _model(device, rotary)
     references = [generate(model, [p], tokens, device)[0] for p in requests]
@@ -209,7 +223,7 @@ class BatchingServer:
 @race.variant("batched")
 def batched(**knobs: Any) -> dict[str, float]:
     """Client threads hand their requests to one worker thread that generates them as padded batches."""
-    device, tokens = knobs["device"], knobs["tokens"]
+    device, tokens = _serving_setup(knobs)
     requests = prompts(knobs["threads"])
     model = _model(device)
     references = [generate(model, [p], tokens, device)[0] for p in requests]
