@@ -1,0 +1,39 @@
+"""The A/B numbers the README quotes, measured again on this machine.
+
+    python benchmarks/ab_numbers.py [--repeats 5]
+
+Each line is one `labkit compare` (interleaved, isolated trials): the medians, the ratio B/A, its
+95% bootstrap interval and the verdict. These are benchmarks, not tests: they report, they do not
+assert, because a shared 2-core VM drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from labkit import compare
+
+COMPARISONS = [
+    ("thread-storm", "broken", "one-thread", "cpu_s_per_token"),
+    ("thread-storm", "broken", "one-thread", "tokens_per_s"),
+    ("thread-race", "lock", "batched", "tokens_per_s"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    done: dict[tuple[str, str, str], object] = {}
+    for scenario, a, b, metric in COMPARISONS:
+        key = (scenario, a, b)
+        if key not in done:  # one run answers every metric of the pair
+            done[key] = compare(scenario, a, b, repeats=args.repeats, monitor=False, progress=True)
+        result = done[key].for_metric(metric)
+        low, high = result.ci
+        print(f"{scenario}: {a} {result.a_median:.4g} vs {b} {result.b_median:.4g} {metric}; "
+              f"{b}/{a} = {result.ratio:.2f} [{low:.2f}, {high:.2f}]; {result.verdict.split(' (')[0]}")
+
+
+if __name__ == "__main__":
+    main()
