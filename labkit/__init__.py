@@ -1,21 +1,42 @@
 """labkit: LLM inference failure modes under concurrency, each next to its fix, measured.
 
-The public API; everything else is an implementation detail.
+The public API, loaded lazily (PEP 562): every isolated trial is a fresh interpreter that imports
+this package to find its scenario, and should not pay for pandas and matplotlib (about a second)
+when it only needs torch. No module is named after a function it exports (hence ``ab.py``,
+``environment.py``, ``sweeps.py``): importing such a module would replace the function with it.
 """
 
-from .compare import Comparison, compare, compare_functions, paired_ratio_ci, ratio_ci
-from .doctor import doctor
-from .errors import BadInput, WrongResult
-from .isolate import Isolated, run_isolated
-from .monitor import Monitor
-from .plots import LivePlot, monitor_figure
-from .scenario import Knob, Metric, Scenario, Variant, all_scenarios, get, register
-from .sweep import Sweep, sweep
-from .trial import Trial, TrialSet, run
+from __future__ import annotations
 
-__all__ = [
-    "BadInput", "Comparison", "Isolated", "Knob", "LivePlot", "Metric", "Monitor", "Scenario", "Sweep", "Trial",
-    "TrialSet", "Variant", "WrongResult", "all_scenarios", "compare", "compare_functions", "doctor", "get", "monitor_figure",
-    "paired_ratio_ci", "ratio_ci", "register", "run", "run_isolated", "sweep",
-]
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_WHERE = {
+    "Comparison": "ab", "compare": "ab", "compare_functions": "ab", "paired_ratio_ci": "ab", "ratio_ci": "ab",
+    "doctor": "environment",
+    "BadInput": "errors", "WrongResult": "errors",
+    "Isolated": "isolate", "run_isolated": "isolate",
+    "kv_cache_bytes": "memory",
+    "Monitor": "monitor",
+    "LivePlot": "plots", "monitor_figure": "plots",
+    "Knob": "scenario", "Metric": "scenario", "Scenario": "scenario", "Variant": "scenario",
+    "all_scenarios": "scenario", "get": "scenario", "register": "scenario",
+    "Sweep": "sweeps", "sweep": "sweeps",
+    "Trial": "trial", "TrialSet": "trial", "run": "trial",
+    "WatchdogTimeout": "timeouts", "watchdog": "timeouts",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'labkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # once found, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from .ab import compare
 
     result = compare(args.scenario, args.a, args.b, repeats=args.repeats, metric=args.metric,
                      knobs=_knob_overrides(args), timeout=args.timeout, progress=True)
@@ -140,7 +140,7 @@ def _tour(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .doctor import doctor
+    from .environment import doctor
 
     print(doctor())
     return 0

@@ -18,9 +18,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from .compare import Comparison
+    from .ab import Comparison
     from .monitor import Monitor
-    from .sweep import Sweep
+    from .sweeps import Sweep
 
 
 def monitor_figure(samples: pd.DataFrame, title: str = "", gpu_note: str = "") -> Figure:

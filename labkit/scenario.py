@@ -138,7 +138,7 @@ class Scenario:
 
 
 _REGISTRY: dict[str, Scenario] = {}
-_BUILTINS = ("thread_race", "thread_storm")  # modules of labkit.scenarios; each registers what it defines
+_BUILTINS = ("thread_race", "thread_storm", "tokenizer_deadlock", "oom_hang")  # modules of labkit.scenarios; each registers what it defines
 
 
 def register(scenario: Scenario) -> Scenario:

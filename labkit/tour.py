@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from ._json import jsonable
-from .compare import Comparison, compare
-from .doctor import doctor
+from .ab import Comparison, compare
+from .environment import doctor
 from .plots import monitor_figure, save
 from .scenario import all_scenarios
 

@@ -5,7 +5,7 @@ import random
 import numpy as np
 
 from labkit import Metric, compare_functions, paired_ratio_ci, ratio_ci
-from labkit.compare import verdict
+from labkit.ab import verdict
 
 FAST = Metric("tokens_per_s", "tokens/s", higher_is_better=True)
 CPU = Metric("cpu_s_per_token", "s", higher_is_better=False)

@@ -1,0 +1,38 @@
+"""How much memory a KV cache needs, from the model's config alone (no weights, no GPU).
+
+A serving engine that checks this before generating can shrink or refuse a request on every rank
+at once, instead of one rank failing mid-generation while its peers wait for it (``oom-hang``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ITEMSIZE = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
+             "int8": 1, "float64": 8}
+
+
+def kv_cache_bytes(config: Any, batch: int, seq_len: int, dtype: Any = "float16") -> int:
+    """Bytes of a full KV cache: keys and values x layers x KV heads x head size x tokens x batch.
+
+    ``config`` is a transformers config (multimodal configs: their ``text_config``); ``seq_len`` is
+    prompt plus new tokens; ``dtype`` a torch dtype or its name. Grouped-query attention is counted
+    through ``num_key_value_heads``. Not modelled: sliding-window layers (which keep fewer tokens)
+    and latent-attention caches such as DeepSeek's MLA.
+    """
+    text = getattr(config, "text_config", None) or config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * seq_len * batch * _itemsize(dtype)
+
+
+def _itemsize(dtype: Any) -> int:
+    if hasattr(dtype, "itemsize"):
+        return int(dtype.itemsize)
+    name = str(dtype).removeprefix("torch.")
+    if name not in _ITEMSIZE:
+        from .errors import BadInput
+
+        raise BadInput(f"unknown dtype {dtype!r}; allowed: {', '.join(_ITEMSIZE)} or a torch dtype")
+    return _ITEMSIZE[name]

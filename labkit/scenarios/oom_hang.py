@@ -1,0 +1,175 @@
+"""oom-hang: one rank's KV cache outgrows its memory budget, and the job hangs instead of failing.
+
+Source: ``shared/seeds/003`` — lmdeploy serving InternVL2-76B tensor-parallel on 8 GPUs hung when
+memory ran out instead of raising (InternLM/lmdeploy issue 2712).
+
+Two ranks (``torch.distributed`` with gloo, two processes on this machine, loopback only) decode
+tensor-parallel style: at every step both compute the next-token logits and ``all_reduce`` them, as
+TP ranks sum their partial logits. Each rank sizes its KV cache from its memory budget up front
+(transformers' ``StaticCache``, as engines size their cache pool); rank 1 has less memory free, so a
+request longer than its cache fails there, inside transformers' cache update.
+
+Why it hangs rather than fails: each rank is a small serving engine whose worker thread runs the
+model and catches and logs errors, while the rank's main loop waits for the step's result. Rank 1's
+worker logs the error; its main loop waits for a result that never comes; rank 0 waits in
+``all_reduce`` for rank 1 forever (gloo's default timeout is 30 minutes). Had rank 1's process died,
+gloo would have told rank 0 at once ("Connection closed by peer"): the hang needs the failing rank
+alive, as it is in a real engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from ..scenario import Metric, Scenario, positive, register
+
+PROMPT = 8  # prompt tokens per sequence
+log = logging.getLogger("labkit.oom-hang")
+
+oom = register(
+    Scenario(
+        name="oom-hang",
+        summary="a rank's KV cache outgrows its budget; it logs the error and lives, its peer waits in all_reduce forever",
+        source="seed 003 (lmdeploy TP=8 hang on out-of-memory): lmdeploy issue 2712",
+        confirmed_on="torch 2.13.0 gloo (2 CPU ranks, loopback), transformers 5.23 StaticCache",
+        knobs=(
+            positive("tokens", 48, "new tokens the request asks for", high=1024),
+            positive("batch", 4, "sequences in the request", high=256),
+            positive("budget_kib", 128, "rank 1's KV-cache budget in KiB (rank 0 has four times as much)", high=1 << 20),
+            positive("collective_timeout_s", 3, "process-group timeout in the collective-timeout variant", high=600),
+        ),
+        metrics=(
+            Metric("tokens_per_s", "tokens/s", True, "new tokens per second"),
+            Metric("tokens_generated", "tokens", True, "new tokens per sequence actually generated"),
+        ),
+        main_fix="budget-check",
+        timeout=30.0,
+        quick={},
+    )
+)
+
+
+class Engine:
+    """A serving engine's shape: a worker thread runs the model; the main loop waits for results."""
+
+    def __init__(self, model, cache, propagate: bool):
+        self.model, self.cache, self.propagate = model, cache, propagate
+        self.jobs: queue.Queue = queue.Queue()
+        self.results: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, name="engine-worker", daemon=True).start()
+
+    def _work(self) -> None:
+        import torch
+
+        while True:
+            ids = self.jobs.get()
+            try:
+                with torch.no_grad():
+                    out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+                self.results.put(out.logits[:, -1, :])
+            except Exception as exc:  # noqa: BLE001 - the engine logs and carries on, as real ones do
+                log.error("engine worker: generation step failed: %s: %s", type(exc).__name__, exc)
+                if self.propagate:
+                    self.results.put(exc)
+
+    def step(self, ids):
+        self.jobs.put(ids)
+        result = self.results.get()  # without propagation, a swallowed error leaves this waiting forever
+        if isinstance(result, BaseException):
+            raise RuntimeError(f"generation step failed: {type(result).__name__}: {result}") from result
+        return result
+
+
+def _rank(rank: int, store: str, knobs: dict, variant: str, results) -> None:
+    try:
+        results.put((rank, "ok", _decode(rank, store, knobs, variant)))
+    except Exception as exc:  # noqa: BLE001 - reported to the trial process
+        results.put((rank, "raised", f"rank {rank}: {type(exc).__name__}: {exc}"))
+
+
+def _decode(rank: int, store: str, knobs: dict, variant: str) -> dict[str, float]:
+    import torch
+    import torch.distributed as dist
+    from transformers import StaticCache
+
+    from ..memory import kv_cache_bytes
+    from ..models import tiny_model
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
+    timeout = timedelta(seconds=knobs["collective_timeout_s"]) if variant == "collective-timeout" else None
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            **({"timeout": timeout} if timeout else {}))
+    try:
+        model = tiny_model()
+        batch, tokens = knobs["batch"], knobs["tokens"]
+        budget = knobs["budget_kib"] * 1024 * (1 if rank == 1 else 4)
+        fits = budget // kv_cache_bytes(model.config, batch, 1, torch.float32)  # tokens this rank can cache
+        if variant == "budget-check":
+            # Every rank asks the same question before starting and takes the smallest answer, so
+            # they shrink the request together (or refuse it together) instead of one failing alone.
+            smallest = torch.tensor([fits])
+            dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+            tokens = min(tokens, int(smallest) - PROMPT + 1)  # the last new token is never cached
+            if tokens < 1:
+                raise RuntimeError(f"refused: the prompt alone needs more KV cache than {int(smallest)} tokens")
+        engine = Engine(model, StaticCache(config=model.config, max_cache_len=fits), propagate=variant == "collective-timeout")
+        ids = torch.randint(0, 1000, (batch, PROMPT), generator=torch.Generator().manual_seed(0))
+        t0 = time.monotonic()
+        logits = engine.step(ids)
+        for step in range(tokens):
+            dist.all_reduce(logits)  # tensor parallelism: the ranks sum their partial logits
+            if step == tokens - 1:
+                break
+            logits = engine.step(logits.argmax(-1, keepdim=True))
+        return {"tokens_per_s": batch * tokens / (time.monotonic() - t0), "tokens_generated": float(tokens)}
+    finally:
+        dist.destroy_process_group()
+
+
+def _ranks(knobs: dict, variant: str) -> dict[str, float]:
+    import multiprocessing as mp
+
+    import torch.distributed  # noqa: F401 - imported once here rather than in each forked rank
+
+    ctx = mp.get_context("fork")  # this process has run no threads or collectives yet
+    results = ctx.SimpleQueue()
+    with tempfile.TemporaryDirectory(prefix="labkit-gloo-") as tmp:
+        ranks = [ctx.Process(target=_rank, args=(r, os.path.join(tmp, "store"), knobs, variant, results), name=f"rank-{r}")
+                 for r in (0, 1)]
+        for p in ranks:
+            p.start()
+        answers = {}
+        while len(answers) < len(ranks):
+            rank, status, value = results.get()  # broken: no rank ever answers
+            if status == "raised":
+                raise RuntimeError(value)  # the first rank to fail ends the trial, with its reason
+            answers[rank] = value
+        for p in ranks:
+            p.join()
+    return answers[0]
+
+
+@oom.variant("broken", broken=True)
+def broken(**knobs: Any) -> dict[str, float]:
+    """Rank 1's engine logs the failed step and waits; rank 0 waits in all_reduce: nothing ends."""
+    return _ranks(knobs, "broken")
+
+
+@oom.variant("budget-check")
+def budget_check(**knobs: Any) -> dict[str, float]:
+    """Estimate the KV cache from the config first; every rank shrinks the request to what all can hold."""
+    return _ranks(knobs, "budget-check")
+
+
+@oom.variant("collective-timeout")
+def collective_timeout(**knobs: Any) -> dict[str, float]:
+    """A process-group timeout, and the engine passes the worker's error to its main loop: it raises."""
+    return _ranks(knobs, "collective-timeout")
