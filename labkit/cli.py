@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--out", default="labkit-report", help="report folder (default labkit-report)")
     tour.add_argument("--repeats", type=int, default=3)
     tour.add_argument("--quick", action="store_true", help="each scenario's fast settings (same failures, shorter runs)")
+    tour.add_argument("--only", action="append", metavar="SCENARIO", help="run only this scenario (repeatable)")
     sub.add_parser("doctor", help="cores, thread pools, variables, devices, versions")
     return parser
 
@@ -132,7 +133,7 @@ def _wide_pandas():
 def _tour(args: argparse.Namespace) -> int:
     from .tour import tour
 
-    report = tour(args.out, repeats=args.repeats, quick=args.quick, progress=True)
+    report = tour(args.out, repeats=args.repeats, quick=args.quick, only=args.only, progress=True)
     with _wide_pandas():
         print(report.table.to_string(index=False))
     print(f"report written to {report.folder}")

@@ -16,7 +16,7 @@ from ._json import jsonable
 from .ab import Comparison, compare
 from .environment import doctor
 from .plots import monitor_figure, save
-from .scenario import all_scenarios
+from .scenario import all_scenarios, get
 
 
 @dataclass
@@ -26,13 +26,17 @@ class TourReport:
     table: pd.DataFrame
 
 
-def tour(out: str | Path = "labkit-report", *, repeats: int = 3, quick: bool = False, progress: bool = False) -> TourReport:
+def tour(
+    out: str | Path = "labkit-report", *, repeats: int = 3, quick: bool = False, only: list[str] | None = None,
+    progress: bool = False,
+) -> TourReport:
     """Compare each scenario's broken variant with its main fix; ``quick`` uses each scenario's
-    fast settings (shorter runs that still show the failure)."""
+    fast settings (shorter runs that still show the failure); ``only`` names the scenarios to run."""
+    chosen = [get(name) for name in only] if only else all_scenarios()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     comparisons, rows, sections = [], [], []
-    for scen in all_scenarios():
+    for scen in chosen:
         broken, fix = scen.broken_variant, scen.main_fix
         if broken is None or fix is None:
             continue

@@ -148,7 +148,7 @@ def run_trial(
         result.outcome,
         result.error,
         result.seconds,
-        {k: v for k, v in (result.value or {}).items() if isinstance(v, (int, float))} if isinstance(result.value, dict) else {},
+        _numbers(result.value),
         dict(knobs),
         result.stacks,
         result.output,
@@ -156,6 +156,13 @@ def run_trial(
         result.traceback,
         mon.to_frame() if mon is not None else None,
     )
+
+
+def _numbers(value: Any) -> dict[str, float]:
+    """The metrics in what a variant returned: its numeric entries (anything else is dropped)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def run(

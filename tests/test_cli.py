@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from labkit import Metric, Scenario
+from labkit.scenario import positive
 from labkit import scenario as registry
 from labkit.cli import main
 from labkit.isolate import group_members
@@ -21,13 +22,26 @@ def locks_up():
     lock.acquire()
 
 
+def counts_fast(items=100):
+    return {"items_per_s": float(items)}
+
+
+def counts_slow(items=100):
+    return {"items_per_s": items / 2.0}
+
+
 @pytest.fixture
-def hang_scenario(monkeypatch):
-    """A scenario that deadlocks, registered for one test only."""
+def cheap(monkeypatch):
+    """Torch-free scenarios, registered for one test: the CLI's contracts, not a failure mode, are
+    under test here (each built-in scenario has its own tests)."""
     hang = Scenario("test-hang", summary="a lock taken twice", metrics=(Metric("x", "1"),), timeout=30)
     hang.variant("broken", broken=True)(locks_up)
-    monkeypatch.setitem(registry._REGISTRY, hang.name, hang)
-    return hang
+    count = Scenario("test-count", summary="two counters", metrics=(Metric("items_per_s", "1/s"),),
+                     knobs=(positive("items", 100, "items"),), main_fix="fast")
+    count.variant("slow", broken=True)(counts_slow)
+    count.variant("fast")(counts_fast)
+    for scen in (hang, count):
+        monkeypatch.setitem(registry._REGISTRY, scen.name, scen)
 
 
 def run_cli(capsys, *args):
@@ -66,17 +80,17 @@ def test_the_console_script_exits_2_without_a_traceback():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 
-def test_run_json_contract(capsys):
-    code, out, _ = run_cli(capsys, "run", "thread-storm", "--variant", "one-thread", "--repeats", "2", "--json", *QUICK)
+def test_run_json_contract(capsys, cheap):
+    code, out, _ = run_cli(capsys, "run", "test-count", "--variant", "fast", "--repeats", "2", "--set", "items=200", "--json")
     assert code == 0
     result = json.loads(out)
     assert {"scenario", "variant", "trials", "summary"} <= set(result)
     assert [t["outcome"] for t in result["trials"]] == ["ok", "ok"]
     assert {"outcome", "error", "seconds", "metrics"} <= set(result["trials"][0])
-    assert result["summary"]["outcomes"]["ok"] == 2 and result["trials"][0]["metrics"]["tokens_per_s"] > 0
+    assert result["summary"]["outcomes"]["ok"] == 2 and result["trials"][0]["metrics"]["items_per_s"] == 200
 
 
-def test_a_hang_comes_back_hung_with_stacks_and_nothing_left(capsys, hang_scenario):
+def test_a_hang_comes_back_hung_with_stacks_and_nothing_left(capsys, cheap):
     code, out, _ = run_cli(capsys, "run", "test-hang", "--variant", "broken", "--timeout", "2", "--json")
     trial = json.loads(out)["trials"][0]
     assert code == 0 and trial["outcome"] == "hung" and trial["seconds"] < 6
@@ -85,12 +99,18 @@ def test_a_hang_comes_back_hung_with_stacks_and_nothing_left(capsys, hang_scenar
     assert group_members(int(pid)) == []
 
 
-def test_compare_json_contract(capsys):
-    code, out, _ = run_cli(capsys, "compare", "thread-storm", "broken", "one-thread", "--repeats", "2", "--json", *QUICK)
+def test_compare_json_contract(capsys, cheap):
+    code, out, _ = run_cli(capsys, "compare", "test-count", "slow", "fast", "--repeats", "2", "--json")
     assert code == 0
     result = json.loads(out)
     assert {"a_median", "b_median", "ratio", "ci", "verdict"} <= set(result)
-    assert len(result["ci"]) == 2 and result["a"] == "broken" and result["b"] == "one-thread"
+    assert (result["a"], result["b"], result["ratio"], result["ci"]) == ("slow", "fast", 2.0, [2.0, 2.0])
+    assert result["verdict"].startswith("fast is better than slow")
+
+
+def test_compare_runs_a_real_scenario(capsys):
+    code, out, _ = run_cli(capsys, "compare", "thread-storm", "broken", "one-thread", "--repeats", "1", *QUICK)
+    assert code == 0 and "one-thread" in out and "cpu_s_per_token" in out
 
 
 def test_doctor_reports_pools_and_variables(capsys):
@@ -101,8 +121,13 @@ def test_doctor_reports_pools_and_variables(capsys):
         assert key in out
 
 
-def test_tour_writes_a_report(tmp_path, capsys):
-    code, out, _ = run_cli(capsys, "tour", "--quick", "--repeats", "1", "--out", str(tmp_path))
-    assert code == 0 and "thread-storm" in out and "thread-race" in out
-    assert {"report.md", "results.json", "thread-storm-ab.png", "thread-race-ab.png"} <= {p.name for p in tmp_path.iterdir()}
-    assert {c["scenario"] for c in json.loads((tmp_path / "results.json").read_text())} == {"thread-race", "thread-storm"}
+def test_tour_writes_a_report(tmp_path, capsys, cheap):
+    code, out, _ = run_cli(capsys, "tour", "--quick", "--repeats", "1", "--out", str(tmp_path),
+                           "--only", "test-count", "--only", "tokenizer-deadlock")
+    assert code == 0 and "test-count" in out and "tokenizer-deadlock" in out
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"report.md", "results.json", "test-count-ab.png", "tokenizer-deadlock-ab.png",
+            "tokenizer-deadlock-broken-monitor.png"} <= files
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [c["scenario"] for c in results] == ["test-count", "tokenizer-deadlock"]
+    assert results[1]["outcomes"]["a"]["hung"] == 1 and results[1]["outcomes"]["b"]["ok"] == 1

@@ -123,6 +123,28 @@ def _serving_setup(knobs: dict) -> tuple[str, int]:
     return knobs["device"], knobs["tokens"]
 
 
+def _clients(count: int, serve: Callable[[int], list[int]]) -> tuple[list[Any], list[BaseException | None], float]:
+    """Start one client thread per request, all released together; return answers, errors, wall time."""
+    answers: list[Any] = [None] * count
+    errors: list[BaseException | None] = [None] * count
+    start = threading.Barrier(count)
+
+    def client(i: int) -> None:
+        start.wait()
+        try:
+            answers[i] = serve(i)
+        except Exception as exc:  # noqa: BLE001 - each request's failure is reported
+            errors[i] = exc
+
+    threads = [threading.Thread(target=client, args=(i,), name=f"request-{i}") for i in range(count)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers, errors, time.monotonic() - t0
+
+
 def _threads(knobs: dict, rotary=None, guard: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
     """Every request in its own thread, all on one shared model, started together."""
     device, tokens = _serving_setup(knobs)
@@ -130,25 +152,13 @@ def _threads(knobs: dict, rotary=None, guard: Callable[[], Any] = contextlib.nul
     model = _model(device, rotary)
     references = [generate(model, [p], tokens, device)[0] for p in requests]
     model = _model(device, rotary)  # a fresh model (empty cache) serves the concurrent requests
-    answers: list[Any] = [None] * len(requests)
-    errors: list[BaseException | None] = [None] * len(requests)
-    start = threading.Barrier(len(requests))
 
-    def client(i: int) -> None:
-        start.wait()
-        try:
-            with guard():
-                answers[i] = generate(model, [requests[i]], tokens, device)[0]
-        except Exception as exc:  # noqa: BLE001 - each request's failure is reported
-            errors[i] = exc
+    def serve(i: int) -> list[int]:
+        with guard():
+            return generate(model, [requests[i]], tokens, device)[0]
 
-    workers = [threading.Thread(target=client, args=(i,), name=f"request-{i}") for i in range(len(requests))]
-    t0 = time.monotonic()
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
-    return _outcome(references, answers, errors, time.monotonic() - t0, tokens)
+    answers, errors, wall = _clients(len(requests), serve)
+    return _outcome(references, answers, errors, wall, tokens)
 
 
 @race.variant("broken", broken=True)
@@ -228,24 +238,7 @@ def batched(**knobs: Any) -> dict[str, float]:
     model = _model(device)
     references = [generate(model, [p], tokens, device)[0] for p in requests]
     server = BatchingServer(_model(device), tokens, device)
-    answers: list[Any] = [None] * len(requests)
-    errors: list[BaseException | None] = [None] * len(requests)
-    start = threading.Barrier(len(requests))
-
-    def client(i: int) -> None:
-        start.wait()
-        try:
-            answers[i] = server.submit(requests[i]).result()
-        except Exception as exc:  # noqa: BLE001
-            errors[i] = exc
-
-    clients = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
-    t0 = time.monotonic()
-    for t in clients:
-        t.start()
-    for t in clients:
-        t.join()
-    wall = time.monotonic() - t0
+    answers, errors, wall = _clients(len(requests), lambda i: server.submit(requests[i]).result())
     server.close()
     metrics = _outcome(references, answers, errors, wall, tokens)
     return {**metrics, "batches": float(len(server.batches))}

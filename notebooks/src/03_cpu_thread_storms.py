@@ -127,13 +127,13 @@ as_threads = labkit.run(storm, "broken", knobs={**QUICK, "workers_as": "threads"
 #
 # Each point is a fresh process with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set before it starts
 # (they only act at start-up) and the broken variant's `threads` knob at the same value. Quick mode
-# sweeps threads 1, 2, 4 and workers 1, 2, 4; set `FULL = True` for 1, 2, 4, 8.
+# sweeps threads 1, 2, 4 and workers 1, 4; set `FULL = True` for threads 1, 2, 4, 8 and workers 1, 2, 4.
 
 # %%
 FULL = False
-threads = [1, 2, 4, 8] if FULL else [1, 2, 4]
+threads, workers = ([1, 2, 4, 8], [1, 2, 4]) if FULL else ([1, 2, 4], [1, 4])
 grid = labkit.sweep(
-    storm, "broken", {"threads": threads, "workers": [1, 2, 4]}, knobs={**QUICK, "tokens": 2},
+    storm, "broken", {"threads": threads, "workers": workers}, knobs={**QUICK, "tokens": 2},
     env=lambda k: {"OMP_NUM_THREADS": str(k["threads"]), "MKL_NUM_THREADS": str(k["threads"])},
 )
 grid.plot("tokens_per_s")

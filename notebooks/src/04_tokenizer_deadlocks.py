@@ -1,0 +1,195 @@
+# %% [markdown]
+# # Tokenizer deadlocks, and out-of-memory that hangs instead of raising
+#
+# **The report** (`shared/seeds/003`, InternLM/lmdeploy issue 2712): lmdeploy serving InternVL2-76B
+# tensor-parallel on 8 GPUs **hung** when memory ran out, instead of raising; setting
+# `TOKENIZERS_PARALLELISM=false` relieved it. Two different mechanisms stand behind hangs like that, and
+# this notebook reproduces both on this machine, each next to its fixes:
+#
+# 1. **tokenizer-deadlock**: a process forks after the tokenizers library's Rust thread pool has run
+#    (huggingface/tokenizers issues 187 and 258). The child gets a copy of the pool's memory but none of
+#    its threads, and the first batch it encodes waits for them forever.
+# 2. **oom-hang**: one tensor-parallel rank runs out of its memory budget, *catches and logs* the error and
+#    stays alive, while its peer waits in a collective for a message that never comes.
+#
+# Every hang here runs isolated with a timeout: the notebook gets `hung` back, with every process's stacks.
+
+# %%
+import threading
+
+import pandas as pd
+
+import labkit
+
+tok = labkit.get("tokenizer-deadlock")
+oom = labkit.get("oom-hang")
+
+# %% [markdown]
+# ## 1. The tokenizer deadlock
+#
+# The trial loads the embedded tokenizer with `tokenizers` itself, encodes one batch with
+# `TOKENIZERS_PARALLELISM=true` (the Rust pool starts), then forks two worker processes that encode with
+# the tokenizer they inherited, as a DataLoader's workers would.
+
+# %%
+hung = labkit.run(tok, "broken", timeout=5, monitor=False).trials[0]
+print(hung.outcome, "|", hung.error)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(hung.outcome)
+print("workers stuck in encode_batch:", sum("in _encode" in s for s in hung.stacks.values()))
+
+# %% [markdown]
+# The stacks were taken from each process just before it was killed. The trial process waits in
+# `pool.map`; each forked worker sits in `_encode`, on the `encode_batch` line, waiting for Rust threads
+# that were never copied into it.
+
+# %%
+for pid, stack in hung.stacks.items():
+    print(f"--- process {pid}")
+    print("\n".join(stack.splitlines()[:12]))
+
+# %% [markdown]
+# ### The fixes
+#
+# * `no-parallelism`: `TOKENIZERS_PARALLELISM=false`, the report's fix: no Rust pool, nothing to lose.
+# * `spawn`: workers are fresh interpreters, each starts its own pool (slower to start).
+# * `pool-after-fork`: fork before the parent encodes anything.
+# * `library-guard`: leave the variable **unset**. tokenizers then notices the fork (a `pthread_atfork`
+#   hook) and turns parallelism off in the child. Older releases printed "The current process just got
+#   forked, after parallelism has already been used. Disabling parallelism to avoid deadlocks..."; in
+#   tokenizers 0.23.3, the version here, that message is gone (the string is not in its binary) and the
+#   guard acts silently, so its outcome is the evidence. Setting the variable to `true` removes the guard.
+
+# %%
+fixes = {v: labkit.run(tok, v, timeout=60, monitor=False).trials[0] for v in tok.fixes}
+pd.DataFrame({v: {"outcome": t.outcome, "TOKENIZERS_PARALLELISM": tok.get_variant(v).env.get("TOKENIZERS_PARALLELISM"),
+                  **t.metrics} for v, t in {"broken": hung, **fixes}.items()}).T
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print({v: t.outcome for v, t in fixes.items()})
+
+# %% [markdown]
+# ## 2. Out of memory that hangs
+#
+# Two ranks (`torch.distributed`, gloo, two processes on loopback) decode tensor-parallel style: every
+# step both compute the next-token logits and `all_reduce` them. Each rank sizes its KV cache from its
+# memory budget up front (transformers' `StaticCache`, as engines size their cache pool); rank 1 has a
+# quarter of rank 0's memory. Each rank is a small serving engine: a worker thread runs the model and
+# **catches and logs** errors, while the rank's main loop waits for each step's result.
+#
+# The size of a KV cache follows from the config alone, `labkit.kv_cache_bytes(config, batch, seq_len,
+# dtype)`: keys and values x layers x KV heads x head size x tokens x batch x bytes per element. Here it
+# is against the bytes a real cache holds as it grows:
+
+# %%
+import torch
+
+from labkit import kv_cache_bytes, models
+
+model = models.tiny_model()
+rows = []
+for new in (1, 8, 16, 32, 64):
+    out = model.generate(torch.randint(0, 1000, (4, 8)), max_new_tokens=new, do_sample=False, return_dict_in_generate=True)
+    cache = out.past_key_values
+    held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    rows.append({"cached tokens": cache.get_seq_length(), "measured bytes": held,
+                 "estimated bytes": kv_cache_bytes(model.config, 4, cache.get_seq_length(), torch.float32)})
+growth = pd.DataFrame(rows)
+growth.plot(x="cached tokens", y=["measured bytes", "estimated bytes"], style=["o", "-"], title="KV cache: measured vs estimated");
+growth
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("estimate equals measurement at every size:", bool((growth["measured bytes"] == growth["estimated bytes"]).all()))
+from transformers import LlamaConfig
+print("Llama-2-7B, fp16, one token:", kv_cache_bytes(LlamaConfig(num_hidden_layers=32, num_attention_heads=32, hidden_size=4096), 1, 1, "float16") // 1024, "KiB")
+
+# %% [markdown]
+# ### Reproduce the hang
+#
+# The request asks for 8 prompt + 48 new tokens per sequence; rank 1's 128 KiB hold 32. The monitor
+# watches the trial's memory while it runs (on a GPU machine it would be the GPU's memory, through NVML).
+
+# %%
+live = labkit.LivePlot("oom-hang / broken")
+oom_hung = labkit.run(oom, "broken", timeout=15, on_tick=live).trials[0]
+live.show(oom_hung.samples)
+print(oom_hung.outcome, "|", oom_hung.error)
+print("logged by rank 1 and swallowed:", [l for l in oom_hung.output.splitlines() if "failed" in l][:1])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(oom_hung.outcome)
+print("a rank waits in all_reduce:", any("in all_reduce" in s for s in oom_hung.stacks.values()))
+
+# %%
+rss = oom_hung.samples.query("source == 'tree' and metric == 'rss'")
+rss.assign(MiB=rss["value"] / 2**20).plot(x="time_s", y="MiB", title="memory of the trial's process tree (RSS)", legend=False);
+
+# %% [markdown]
+# Rank 0's stack ends in `all_reduce`; rank 1's main loop waits in `Engine.step` for a result its worker
+# will never send. Nothing crashed, so nothing told anybody: gloo only errors out when a peer *process*
+# dies ("Connection closed by peer"), and gloo's default timeout is 30 minutes.
+
+# %%
+telling = (" in all_reduce", " in step", " in _ranks")  # where each process's main thread waits
+for pid, stack in oom_hung.stacks.items():
+    main_thread = stack.split("Current thread")[-1]
+    print(f"--- process {pid}:", next((l.strip() for l in main_thread.splitlines() if l.endswith(telling)), "?"))
+
+# %% [markdown]
+# ### The fixes
+#
+# * `budget-check`: before generating, every rank estimates what its budget can cache and they agree on
+#   the smallest (an `all_reduce` with `MIN`): the request shrinks to fit, on every rank at once, or is
+#   refused on every rank at once.
+# * `collective-timeout`: a process-group timeout, and the engine hands the worker's error to its main
+#   loop: the failing rank raises, and the trial ends `raised`, with the reason, in seconds.
+
+# %%
+oom_fixes = {v: labkit.run(oom, v, timeout=30, monitor=False).trials[0] for v in oom.fixes}
+pd.DataFrame({v: {"outcome": t.outcome, "error": (t.error or "")[:90], **t.metrics} for v, t in oom_fixes.items()}).T
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print({v: t.outcome for v, t in oom_fixes.items()})
+
+# %% [markdown]
+# ## A watchdog for your own code
+#
+# Isolation is for trials. For code you run in the notebook itself, `labkit.watchdog(seconds=...)` (a
+# `with` block or a decorator) turns a hang into `WatchdogTimeout` carrying every thread's stack, and the
+# kernel lives on. It interrupts the main thread with a real SIGINT, so a blocked `lock.acquire()` wakes
+# too; only native code that holds the GIL forever is beyond it (run that isolated).
+
+# %%
+lock = threading.Lock()
+lock.acquire()
+try:
+    with labkit.watchdog(seconds=1):
+        lock.acquire()  # nobody will release it
+except labkit.WatchdogTimeout as exc:
+    caught = exc
+print(str(caught).splitlines()[0])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(type(caught).__name__, "| the stacks name the waiting line:", "lock.acquire()" in caught.stacks)
+
+# %% [markdown]
+# ## Play
+#
+# The tokenizer panel: each variant is a setting of `TOKENIZERS_PARALLELISM` (true, false, unset) and a
+# start method (fork, spawn). The OOM panel: rank 1's budget and the request's length; with a budget of
+# 256 KiB the broken variant runs clean, because the request fits.
+
+# %%
+from labkit.widgets import panel
+
+panel(tok, knobs=["workers", "batch"], timeout=6)
+
+# %%
+panel(oom, knobs=["budget_kib", "tokens"], bounds={"budget_kib": (32, 512)}, timeout=15)
