@@ -15,7 +15,6 @@ percent between seconds, which unpaired medians cannot see through.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time

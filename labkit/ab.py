@@ -184,8 +184,7 @@ def compare(
     chosen = scen.get_metric(metric)
     values = scen.knob_values(knobs)
     check_repeats_timeout(repeats, timeout)
-    units = {m.name: m.unit for m in scen.metrics}
-    sides = {name: TrialSet(scen.name, name, values, units=units) for name in (a, b)}
+    sides = {name: TrialSet(scen.name, name, values, units=scen.units) for name in (a, b)}
     order = [(i, name) for i in range(repeats) for name in (a, b)]
     for i, name in _progress(order, progress, f"{scen.name} {a} vs {b}"):
         sides[name].trials.append(

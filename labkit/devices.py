@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from .errors import BadInput
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def available() -> list[str]:

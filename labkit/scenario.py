@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import BadInput
 
@@ -127,6 +127,10 @@ class Scenario:
         values = {k.name: k.default for k in self.knobs}
         values.update({name: known[name].check(v) for name, v in (overrides or {}).items()})
         return values
+
+    @property
+    def units(self) -> dict[str, str]:
+        return {m.name: m.unit for m in self.metrics}
 
     @property
     def broken_variant(self) -> str | None:

@@ -70,12 +70,11 @@ def sweep(
     grid = {name: list(values) for name, values in grid.items()}
     points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     result = Sweep(scen.name, grid)
-    units = {m.name: m.unit for m in scen.metrics}
     todo = [(v, p) for p in points for v in variants]  # variants interleaved at each point
     runs: dict[tuple, TrialSet] = {}
     for variant, point in _progress(todo, progress, f"sweep {scen.name}"):
         values = scen.knob_values({**(knobs or {}), **point})
-        run = runs.setdefault((variant, *point.values()), TrialSet(scen.name, variant, values, units=units))
+        run = runs.setdefault((variant, *point.values()), TrialSet(scen.name, variant, values, units=scen.units))
         for i in range(repeats):
             run.trials.append(
                 run_trial(scen, variant, values, index=i, timeout=timeout, env=env(values) if env else None, monitor=monitor)

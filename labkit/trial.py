@@ -40,10 +40,6 @@ class Trial:
     traceback: str | None = None
     samples: pd.DataFrame | None = field(default=None, repr=False)  # the monitor's tidy frame
 
-    @property
-    def failed(self) -> bool:
-        return self.outcome != "ok"
-
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of ``labkit run --json`` (DESIGN.md)."""
         out = {
@@ -182,7 +178,7 @@ def run(
     scen.get_variant(variant)
     values = scen.knob_values(knobs)
     check_repeats_timeout(repeats, timeout)
-    trials = TrialSet(scen.name, variant, values, units={m.name: m.unit for m in scen.metrics})
+    trials = TrialSet(scen.name, variant, values, units=scen.units)
     for i in _progress(range(repeats), progress, f"{scen.name} {variant}"):
         trials.trials.append(
             run_trial(scen, variant, values, index=i, timeout=timeout, env=env, monitor=monitor, on_tick=on_tick)

@@ -16,13 +16,13 @@ installed (:mod:`labkit.scenarios.qwen1_rotary` says why it is rebuilt rather th
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
+from ..devices import usable_cores
 from ..errors import BadInput, WrongResult
 from ..scenario import Knob, Metric, Scenario, positive, register
 
@@ -268,8 +268,7 @@ def processes(**knobs: Any) -> dict[str, float]:
 
     device, tokens = knobs["device"], knobs["tokens"]
     requests = prompts(knobs["threads"])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    size = min(cores, len(requests))
+    size = min(usable_cores(), len(requests))
     ctx = mp.get_context("fork")  # forked before this process starts any thread or touches CUDA
     ready = ctx.Barrier(size + 1)
     with ctx.Pool(size, initializer=_worker_start, initargs=(device, ready)) as pool:

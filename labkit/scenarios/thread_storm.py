@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import psutil
 
+from ..devices import usable_cores
 from ..scenario import Knob, Metric, Scenario, positive, register
 
 DEFAULT_THREADS = psutil.cpu_count(logical=False) or os.cpu_count() or 1  # torch's own default
@@ -165,7 +166,7 @@ def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: boo
         raise RuntimeError(f"generated {tokens} tokens, expected {expected}")
     wall = max(s["end"] for s in stats) - min(s["start"] for s in stats)
     cpu = sum(s["cpu_s"] for s in stats)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     return {
         "tokens_per_s": tokens / wall,
         "cpu_s_per_token": cpu / tokens,
@@ -220,7 +221,7 @@ def threadpool_limits(**knobs: Any) -> dict[str, float]:
 @storm.variant("bounded-pool")
 def bounded_pool(**knobs: Any) -> dict[str, float]:
     """Workers as threads in one process, sampling through one shared pool of at most one thread per core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     pool = ThreadPoolExecutor(max_workers=min(cores, knobs["workers"]), thread_name_prefix="sampler")
 
     def pooled(logits, generator, top_p):
