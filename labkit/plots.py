@@ -86,6 +86,9 @@ def comparison_figure(comparison: "Comparison", ax=None) -> Figure:
         ax.scatter(np.full(len(values), x) + jitter, values, alpha=0.7)
         if values:
             ax.hlines(float(np.median(values)), x - 0.25, x + 0.25, color="black")
+        else:  # a side that never finished (hung, crashed) has nothing to plot: say what happened
+            ax.text(x, 0.5, f"{side.outcome_text()}\nno {name}", ha="center", va="center",
+                    transform=ax.get_xaxis_transform(), color="tab:red")
     ax.set_xticks([0, 1], [comparison.a.variant, comparison.b.variant])
     ax.set_xlim(-0.6, 1.6)
     ax.set_ylabel(f"{name} ({comparison.metric.unit})")

@@ -46,7 +46,7 @@ def tour(
         rows.append({
             "scenario": scen.name, "broken": f"{broken}: {result.a.outcome_text()}", "fix": f"{fix}: {result.b.outcome_text()}",
             "metric": result.metric.name, "broken median": _fmt(result.a_median), "fix median": _fmt(result.b_median),
-            "fix/broken": f"{ratio:.2f} [{low:.2f}, {high:.2f}]", "verdict": result.verdict,
+            "fix/broken": f"{ratio:.2f} [{low:.2f}, {high:.2f}]", "verdict": tour_verdict(result),
         })
         figures = [save(result.plot(), folder / f"{scen.name}-ab.png").name]
         for side in (result.a, result.b):
@@ -65,9 +65,21 @@ def tour(
     return TourReport(folder, comparisons, table)
 
 
+def tour_verdict(result: Comparison) -> str:
+    """Outcomes first: a fix that stops the failure is the answer; speed only when both finish."""
+    broken_failed = sum(t.outcome != "ok" for t in result.a.trials)
+    fix_failed = sum(t.outcome != "ok" for t in result.b.trials)
+    n = len(result.a.trials)
+    if broken_failed and not fix_failed:
+        return f"fixed: {result.a.variant} failed {broken_failed} of {n} ({result.a.outcome_text()}), {result.b.variant} none"
+    if fix_failed:
+        return f"not fixed: {result.b.variant} failed {fix_failed} of {n} ({result.b.outcome_text()})"
+    return result.verdict
+
+
 def _section(scen, result: Comparison, figures: list[str]) -> str:
     lines = [f"## {scen.name}", "", scen.summary, "", f"Source: {scen.source}. Confirmed on: {scen.confirmed_on}.", "",
-             f"**{result.verdict}**", ""]
+             f"**{tour_verdict(result)}**", "", f"On {result.metric.name}: {result.verdict}.", ""]
     lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines)
 

@@ -131,3 +131,4 @@ def test_tour_writes_a_report(tmp_path, capsys, cheap):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [c["scenario"] for c in results] == ["test-count", "tokenizer-deadlock"]
     assert results[1]["outcomes"]["a"]["hung"] == 1 and results[1]["outcomes"]["b"]["ok"] == 1
+    assert "fixed: broken failed 1 of 1 (1 hung), no-parallelism none" in out
