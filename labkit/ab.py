@@ -23,8 +23,7 @@ import pandas as pd
 
 from . import scenario as registry
 from ._json import jsonable
-from .errors import BadInput
-from .scenario import Metric, Scenario
+from .scenario import Metric, Scenario, metric_named
 from .trial import OnTick, TrialSet, _progress, check_repeats_timeout, run_trial
 
 RESAMPLES = 4000
@@ -38,8 +37,7 @@ def ratio_ci(
     if len(a_arr) == 0 or len(b_arr) == 0 or np.median(a_arr) == 0:
         return math.nan, math.nan, math.nan  # no ratio to speak of (0 requests failed on both sides, say)
     rng = np.random.default_rng(seed)
-    a_med = np.median(rng.choice(a_arr, (resamples, len(a_arr))), axis=1)
-    b_med = np.median(rng.choice(b_arr, (resamples, len(b_arr))), axis=1)
+    a_med, b_med = _resampled_medians(a_arr, rng, resamples), _resampled_medians(b_arr, rng, resamples)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (float(np.median(b_arr) / np.median(a_arr)), *_interval(b_med / a_med, confidence))
 
@@ -55,9 +53,13 @@ def paired_ratio_ci(
     ratios = np.asarray(b, dtype=float) / np.asarray(a, dtype=float)
     if len(ratios) == 0:
         return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    medians = np.median(rng.choice(ratios, (resamples, len(ratios))), axis=1)
+    medians = _resampled_medians(ratios, np.random.default_rng(seed), resamples)
     return (float(np.median(ratios)), *_interval(medians, confidence))
+
+
+def _resampled_medians(values: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """The median of each of ``resamples`` bootstrap samples of ``values`` (drawn with replacement)."""
+    return np.median(rng.choice(values, (resamples, len(values))), axis=1)
 
 
 def _interval(resampled: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -116,10 +118,7 @@ class Comparison:
         return verdict(self.a.variant, self.b.variant, self.metric, *self.interval)
 
     def for_metric(self, name: str) -> "Comparison":
-        metric = next((m for m in self.metrics if m.name == name), None)
-        if metric is None:
-            raise BadInput(f"unknown metric {name!r}; allowed: {', '.join(m.name for m in self.metrics)}")
-        return Comparison(self.scenario, self.a, self.b, metric, self.metrics)
+        return Comparison(self.scenario, self.a, self.b, metric_named(self.metrics, name, self.scenario), self.metrics)
 
     def to_dict(self) -> dict[str, Any]:
         ratio, low, high = self.interval

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import BadInput
 
@@ -110,12 +110,7 @@ class Scenario:
             ) from None
 
     def get_metric(self, name: str | None) -> Metric:
-        if name is None:
-            return self.metrics[0]
-        for metric in self.metrics:
-            if metric.name == name:
-                return metric
-        raise BadInput(f"unknown metric {name!r} for {self.name}; allowed: {', '.join(m.name for m in self.metrics)}")
+        return self.metrics[0] if name is None else metric_named(self.metrics, name, self.name)
 
     def knob_values(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Every knob's value: defaults, replaced by ``overrides`` after checking them."""
@@ -168,6 +163,15 @@ def get(name: str | Scenario) -> Scenario:
         return _REGISTRY[name]
     except KeyError:
         raise BadInput(f"unknown scenario {name!r}; allowed: {', '.join(_REGISTRY)}") from None
+
+
+def metric_named(metrics: Iterable[Metric], name: str, owner: str) -> Metric:
+    """The metric called ``name``, or a :class:`BadInput` that lists the ones ``owner`` has."""
+    metrics = list(metrics)
+    for metric in metrics:
+        if metric.name == name:
+            return metric
+    raise BadInput(f"unknown metric {name!r} for {owner}; allowed: {', '.join(m.name for m in metrics)}")
 
 
 def positive(name: str, default: int, help: str, high: int = 256) -> Knob:

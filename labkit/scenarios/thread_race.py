@@ -98,6 +98,12 @@ def _model(device: str, rotary: Callable | None = None):
     return model
 
 
+def solo_answers(requests: list[list[int]], tokens: int, device: str, rotary=None) -> list[list[int]]:
+    """Each request generated alone, one after another, on a model of its own: the right answers."""
+    model = _model(device, rotary)
+    return [generate(model, [p], tokens, device)[0] for p in requests]
+
+
 def check_answers(references: list[list[int]], answers: list[Any]) -> list[int]:
     """Indexes of the requests whose answer differs from their solo reference (None counts)."""
     return [i for i, (ref, ans) in enumerate(zip(references, answers)) if ans != ref]
@@ -149,8 +155,7 @@ def _threads(knobs: dict, rotary=None, guard: Callable[[], Any] = contextlib.nul
     """Every request in its own thread, all on one shared model, started together."""
     device, tokens = _serving_setup(knobs)
     requests = prompts(knobs["threads"])
-    model = _model(device, rotary)
-    references = [generate(model, [p], tokens, device)[0] for p in requests]
+    references = solo_answers(requests, tokens, device, rotary)
     model = _model(device, rotary)  # a fresh model (empty cache) serves the concurrent requests
 
     def serve(i: int) -> list[int]:
@@ -235,8 +240,7 @@ def batched(**knobs: Any) -> dict[str, float]:
     """Client threads hand their requests to one worker thread that generates them as padded batches."""
     device, tokens = _serving_setup(knobs)
     requests = prompts(knobs["threads"])
-    model = _model(device)
-    references = [generate(model, [p], tokens, device)[0] for p in requests]
+    references = solo_answers(requests, tokens, device)
     server = BatchingServer(_model(device), tokens, device)
     answers, errors, wall = _clients(len(requests), lambda i: server.submit(requests[i]).result())
     server.close()
@@ -272,8 +276,7 @@ def processes(**knobs: Any) -> dict[str, float]:
     ctx = mp.get_context("fork")  # forked before this process starts any thread or touches CUDA
     ready = ctx.Barrier(size + 1)
     with ctx.Pool(size, initializer=_worker_start, initargs=(device, ready)) as pool:
-        model = _model(device)  # the reference model lives in this process only
-        references = [generate(model, [p], tokens, device)[0] for p in requests]
+        references = solo_answers(requests, tokens, device)  # in this process, after the fork
         ready.wait()  # every worker has built its model: the clock starts on serving alone
         t0 = time.monotonic()
         answers = pool.map(_worker_generate, [(p, tokens, device) for p in requests], chunksize=1)
