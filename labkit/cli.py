@@ -102,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"trial {t.index}: {t.outcome:<7} {t.seconds:6.1f} s  {metrics}")
         if t.error:
             print(f"    {t.error}")
+        for key, text in t.notes.items():
+            print(f"    {key}: {text}")
         for pid, text in t.stacks.items():
             print(f"    stacks of process {pid}:")
             print("\n".join(f"      {line}" for line in text.splitlines()))

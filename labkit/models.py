@@ -117,8 +117,16 @@ def save_tiny(folder: str | os.PathLike, vocab_size: int | None = None) -> Path:
     Scenarios that need the real loading path (``from_pretrained``, accelerate's
     ``load_checkpoint_and_dispatch``) load from here.
     """
+    from transformers.utils import logging as hf_logging
+
     folder = Path(folder)
-    tiny_model(vocab_size).save_pretrained(folder)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a tiny file: a progress bar would only clutter a notebook
+    try:
+        tiny_model(vocab_size).save_pretrained(folder)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tiny_tokenizer().save_pretrained(folder)
     return folder
 

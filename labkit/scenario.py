@@ -3,7 +3,8 @@
 A scenario is one failure mode: a ``broken`` variant that reproduces the report it comes from and
 named fix variants beside it. A variant is a plain function ``fn(**knobs) -> {metric: value}``
 that runs inside an isolated child (:mod:`labkit.isolate`), raises what the failure raises, and
-raises :class:`~labkit.errors.WrongResult` when it finishes with a wrong answer.
+raises :class:`~labkit.errors.WrongResult` when it finishes with a wrong answer. Text values in
+what it returns (or in ``exc.metrics`` of what it raises) are kept as the trial's notes.
 
 Define one in a notebook the same way the built-in ones are defined::
 
@@ -86,6 +87,8 @@ class Scenario:
     timeout: float = 60.0
     quick: Mapping[str, Any] = field(default_factory=dict)  # knobs for a fast run that still fails
     variants: dict[str, Variant] = field(default_factory=dict)
+    # Checks that need several knobs at once (a device map against its model); raises BadInput.
+    check: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
         self.knobs = tuple(self.knobs)
@@ -121,6 +124,8 @@ class Scenario:
             raise BadInput(f"unknown setting {sorted(unknown)[0]!r} for {self.name}; allowed: {allowed}")
         values = {k.name: k.default for k in self.knobs}
         values.update({name: known[name].check(v) for name, v in (overrides or {}).items()})
+        if self.check is not None:
+            self.check(values)
         return values
 
     @property
@@ -137,7 +142,7 @@ class Scenario:
 
 
 _REGISTRY: dict[str, Scenario] = {}
-_BUILTINS = ("thread_race", "thread_storm", "tokenizer_deadlock", "oom_hang")  # modules of labkit.scenarios; each registers what it defines
+_BUILTINS = ("thread_race", "device_mismatch", "thread_device", "thread_storm", "tokenizer_deadlock", "oom_hang")  # modules of labkit.scenarios; each registers what it defines
 
 
 def register(scenario: Scenario) -> Scenario:

@@ -39,6 +39,7 @@ class Trial:
     exitcode: int | None = None
     traceback: str | None = None
     samples: pd.DataFrame | None = field(default=None, repr=False)  # the monitor's tidy frame
+    notes: dict[str, str] = field(default_factory=dict)  # what the trial says of itself (devices used, and why)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of ``labkit run --json`` (DESIGN.md)."""
@@ -54,6 +55,8 @@ class Trial:
             out["stacks"] = {str(pid): text for pid, text in self.stacks.items()}
         if self.exitcode is not None:
             out["exitcode"] = self.exitcode
+        if self.notes:
+            out["notes"] = self.notes
         return out
 
 
@@ -151,14 +154,17 @@ def run_trial(
         result.exitcode,
         result.traceback,
         mon.to_frame() if mon is not None else None,
+        {k: v for k, v in _entries(result.value) if isinstance(v, str)},
     )
 
 
+def _entries(value: Any) -> list[tuple[str, Any]]:
+    return list(value.items()) if isinstance(value, dict) else []
+
+
 def _numbers(value: Any) -> dict[str, float]:
-    """The metrics in what a variant returned: its numeric entries (anything else is dropped)."""
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The metrics in what a variant returned: its numeric entries (its text entries are notes)."""
+    return {k: v for k, v in _entries(value) if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def run(

@@ -19,3 +19,40 @@ def test_a_device_that_does_not_exist_is_refused():
 @pytest.mark.gpu
 def test_cuda_zero_exists_on_a_gpu_machine():
     assert check_device("cuda") == "cuda:0"
+
+
+def test_device_pair_parses_and_refuses():
+    from labkit.devices import device_pair
+
+    pair = device_pair("cpu, meta")
+    assert (pair.first, pair.second, pair.placement_only) == ("cpu", "meta", True)
+    assert device_pair().first == "cpu"  # auto: the CPU is in every pair but the two-GPU one
+    with pytest.raises(BadInput, match="two different devices"):
+        device_pair("cpu,cpu")
+    with pytest.raises(BadInput, match="devices must be 'auto' or two devices 'A,B'"):
+        device_pair("cpu")
+
+
+def test_check_same_device_names_the_culprits():
+    import torch
+
+    from labkit.devices import DeviceMismatch, check_same_device
+
+    assert check_same_device(a=torch.zeros(1), b=torch.ones(2), c=None) == "cpu"
+    with pytest.raises(DeviceMismatch, match="found ids on cpu; weight, bias on meta"):
+        check_same_device(ids=torch.zeros(1), weight=torch.zeros(1, device="meta"), bias=torch.zeros(1, device="meta"))
+
+
+def test_placement_check_stops_what_meta_kernels_let_through():
+    import torch
+
+    from labkit.devices import DeviceMismatch, placement_check
+
+    embed, ids = torch.nn.Embedding(10, 3, device="meta"), torch.tensor([1, 2])
+    assert embed(ids).device.type == "meta"  # the embedding's meta kernel checks no devices
+    handles = placement_check(torch.nn.Sequential(embed))
+    with pytest.raises(DeviceMismatch, match=r"0.weight on meta; 0 input 0 on cpu"):
+        embed(ids)
+    for h in handles:
+        h.remove()
+    embed(ids)

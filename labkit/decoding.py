@@ -1,0 +1,46 @@
+"""Greedy decoding one forward call per token, the cache handed back in by hand.
+
+This is what ``generate`` does inside, spelled out: the device scenarios need to see each step
+(the failure of seed 001 is on the 2nd), to hand the cache over in the form they choose, and, on
+the ``meta`` device where logits hold no numbers, to feed the next ids themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+
+def decode_by_hand(
+    model,
+    ids,
+    steps: int,
+    feed: Sequence[int] = (),
+    on_step: Callable[[int, Any], None] | None = None,
+) -> list[int]:
+    """Return ``steps`` new token ids for the prompt ``ids`` (shape ``[1, n]``).
+
+    Each next id is the argmax of the logits, or ``feed[step]`` where the logits are on ``meta``.
+    New ids are made on the prompt's device, as a caller's own loop would make them.
+    ``on_step(step, past_key_values)`` runs after every step (1-based).
+    """
+    import torch
+
+    past, new = None, []
+    with torch.no_grad():
+        for step in range(steps):
+            out = model(input_ids=ids, past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[0, -1]
+            token = feed[step] if logits.device.type == "meta" else int(logits.argmax())
+            new.append(token)
+            if on_step is not None:
+                on_step(step + 1, past)
+            ids = torch.tensor([[token]], device=ids.device)
+    return new
+
+
+def corpus_prompt(length: int = 12, steps: int = 0) -> tuple[list[int], list[int]]:
+    """A prompt cut from the corpus and the ``steps`` ids that follow it there (to feed on meta)."""
+    from .models import data_dir, tiny_tokenizer
+
+    ids = tiny_tokenizer()((data_dir() / "corpus.txt").read_text()[:2000])["input_ids"]
+    return ids[:length], ids[length:length + steps]

@@ -1,0 +1,201 @@
+"""device-mismatch: a model split over two devices by accelerate fails on its 2nd decoding step.
+
+Source: ``shared/seeds/001`` (Qwen3 split over GPUs with accelerate's ``init_empty_weights``,
+``get_balanced_memory``, ``infer_auto_device_map``, ``load_checkpoint_and_dispatch``; fixed by
+``skip_keys=model._skip_keys_device_placement``); transformers PR 23919 added that attribute, and
+PR 28051 shows the error it prevents (``torch.cat`` in the cache update, ``cuda:0 and cuda:1``).
+
+The mechanism: ``dispatch_model`` puts a hook on the top module that moves every input to the main
+device, the past key/values included unless their key is skipped. From the 2nd step on, the cache
+of the layers on the other device comes back on the main device, and those layers then join their
+new keys to it: two devices in one ``torch.cat``.
+
+Which versions do what: accelerate's ``send_to_device`` moves tensors, lists, tuples, dicts and any
+object with ``.to()``. Older transformers handed the cache over as per-layer ``(key, value)``
+tuples, which it moves; transformers 5 hands over a ``DynamicCache``, which has no ``.to()``, so the
+hook leaves it alone and the bug cannot happen through ``generate`` (checked on transformers 5.23,
+accelerate 1.15). To reproduce the mechanism on the versions we install, each trial passes the cache
+the way older transformers did: as tuples, rebuilt into a ``DynamicCache`` inside the forward
+(:func:`legacy_cache_forward`, what transformers 4.36 to 4.4x did with ``from_legacy_cache``).
+
+``load_checkpoint_and_dispatch`` is ``load_checkpoint_in_model`` then ``dispatch_model``; the
+trials call the two themselves to name the main device, which it cannot: accelerate treats ``cpu``
+in a map as offload (weights kept on the CPU, run on the main device) unless the CPU *is* the main
+device. With the ``meta`` device (no GPU), nothing can be read into meta, so the meta rows are read
+to the CPU and dispatch puts them on meta.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInput, WrongResult
+from ..scenario import Knob, Metric, Scenario, register
+
+TINY = "tiny"
+
+
+def _pair_text(text: str) -> str:
+    from ..devices import device_pair
+
+    if text == "auto":
+        return text
+    pair = device_pair(text)
+    if pair.first == "meta":
+        raise BadInput("meta cannot be the first (main) device: nothing comes back from meta; put it second")
+    return f"{pair.first},{pair.second}"
+
+
+def _model_path(path: str) -> str:
+    if path != TINY and not (Path(path).expanduser() / "config.json").exists():
+        raise BadInput(f"model {path!r} is not a checkpoint folder (no config.json there); give 'tiny' or a local folder")
+    return path
+
+
+def _check(knobs: dict[str, Any]) -> None:
+    """An edited map is checked against the model's rows before any trial starts."""
+    if knobs["device_map"] != "balanced":
+        from ..device_maps import empty_model, parse_map
+        from ..models import tiny_config
+
+        parse_map(knobs["device_map"], empty_model(tiny_config() if knobs["model"] == TINY else knobs["model"]))
+
+
+mismatch = register(
+    Scenario(
+        name="device-mismatch",
+        summary="a model split over two devices by accelerate fails on step 2: the hook moved the KV cache",
+        source="seed 001 (Qwen3 over GPUs with accelerate); transformers PRs 23919, 28051",
+        confirmed_on="torch 2.13.0, transformers 5.23, accelerate 1.15 (cache passed as tuples, as transformers < 4.36 did)",
+        knobs=(
+            Knob("devices", "auto", "'auto' or 'A,B': A is the main device (embeddings first), B the other",
+                 validate=_pair_text),
+            Knob("device_map", "balanced", "'balanced' (accelerate plans it) or one device per row: "
+                 "embeddings, each layer, norm, head"),
+            Knob("tokens", 6, "decoding steps; the failure is on the 2nd", low=2, high=64),
+            Knob("model", TINY, "'tiny' or a local checkpoint folder laid out like Llama/Qwen", validate=_model_path),
+        ),
+        metrics=(
+            Metric("steps_completed", "steps", True, "decoding steps that finished"),
+            Metric("ms_per_step", "ms", False, "wall-clock milliseconds per decoding step"),
+        ),
+        main_fix="skip-keys",
+        timeout=120.0,
+        quick={"tokens": 3},
+        check=_check,
+    )
+)
+
+
+def legacy_cache_forward(model) -> None:
+    """Make ``model`` take and return its cache as per-layer ``(key, value)`` tuples.
+
+    That is the form transformers used before its Cache classes, and the one accelerate's hooks
+    move. Set on the instance before dispatch, so accelerate's hook wraps it.
+    """
+    from transformers import DynamicCache
+
+    inner = model.forward
+
+    def forward(*args, past_key_values=None, **kwargs):
+        if isinstance(past_key_values, tuple):
+            past_key_values = DynamicCache(past_key_values)
+        out = inner(*args, past_key_values=past_key_values, **kwargs)
+        out.past_key_values = tuple((k, v) for k, v, *_ in out.past_key_values)
+        return out
+
+    model.forward = forward
+
+
+def dispatched(checkpoint: str, device_map_spec: str, pair, skip_keys: bool):
+    """The accelerate flow of seed 001: empty weights, a planned map, load, dispatch."""
+    from accelerate import dispatch_model, load_checkpoint_in_model
+
+    from ..device_maps import quiet, balanced_map, empty_model, parse_map
+
+    model = empty_model(checkpoint)
+    device_map = balanced_map(model, pair) if device_map_spec == "balanced" else parse_map(device_map_spec, model)
+    main = device_map[next(m for m in device_map if m.endswith("embed_tokens"))]
+    legacy_cache_forward(model)
+    readable = {m: ("cpu" if d == "meta" else d) for m, d in device_map.items()}  # nothing can be read into meta
+    load_checkpoint_in_model(model, checkpoint, device_map=readable)
+    with quiet("accelerate.big_modeling"):  # "offloaded to the cpu": not so when the CPU is the main device
+        model = dispatch_model(model, device_map, main_device=main,
+                               skip_keys=model._skip_keys_device_placement if skip_keys else None)
+    if "meta" in device_map.values():
+        model._hf_hook.io_same_device = False  # the logits stay on meta: there is nothing to bring back
+    return model, device_map, main
+
+
+def _execution_device(device: str, main: str) -> str:
+    """Where a row runs: its own device, except CPU rows when the main device is not the CPU (offload)."""
+    return main if device == "cpu" and main != "cpu" else device
+
+
+def check_cache_placement(past, device_map: dict[str, str], main: str) -> None:
+    """Raise WrongResult unless every layer's cached keys and values sit where the map runs that layer."""
+    layers = sorted((m for m in device_map if ".layers." in m), key=lambda m: int(m.rsplit(".", 1)[1]))
+    for i, (module, (keys, values)) in enumerate(zip(layers, past)):
+        want = _execution_device(device_map[module], main)
+        if str(keys.device) != want or str(values.device) != want:
+            raise WrongResult(f"layer {i}'s cache is on {keys.device}, but the map runs layer {i} on {want}")
+
+
+def _trial(knobs: dict[str, Any], skip_keys: bool) -> dict[str, Any]:
+    import torch
+
+    from ..decoding import corpus_prompt, decode_by_hand
+    from ..device_maps import describe
+    from ..devices import device_pair
+    from ..models import save_tiny
+
+    pair = device_pair(knobs["devices"])
+    steps = knobs["tokens"]
+    prompt, feed = corpus_prompt(steps=steps)
+    done = {"steps": 0}
+    with tempfile.TemporaryDirectory(prefix="labkit-checkpoint-") as tmp:
+        checkpoint = str(save_tiny(tmp)) if knobs["model"] == TINY else knobs["model"]
+        model, device_map, main = dispatched(checkpoint, knobs["device_map"], pair, skip_keys)
+        placement_only = "meta" in device_map.values()
+        notes = {
+            "devices": f"{pair} ({pair.why})" if knobs["device_map"] == "balanced"
+            else f"{' + '.join(dict.fromkeys(device_map.values()))} (an edited map)",
+            "map": describe(device_map, model),
+            "check": "placement: every cache tensor where the map runs its layer (meta holds no numbers)"
+            if placement_only else "placement, and the tokens against a one-device run",
+        }
+
+        def on_step(step: int, past) -> None:
+            check_cache_placement(past, device_map, main)
+            done["steps"] = step
+
+        t0 = time.perf_counter()
+        try:
+            tokens = decode_by_hand(model, torch.tensor([prompt], device=main), steps, feed, on_step)
+        except Exception as exc:
+            exc.metrics = {"steps_completed": float(done["steps"]), **getattr(exc, "metrics", {}), **notes}
+            raise
+        metrics = {"steps_completed": float(done["steps"]), "ms_per_step": 1e3 * (time.perf_counter() - t0) / steps}
+        if not placement_only:
+            from transformers import AutoModelForCausalLM
+
+            reference = decode_by_hand(AutoModelForCausalLM.from_pretrained(checkpoint).eval(),
+                                       torch.tensor([prompt]), steps)
+            if tokens != reference:
+                raise WrongResult(f"split run said {tokens}, one-device run {reference}", {**metrics, **notes})
+    return {**metrics, **notes}
+
+
+@mismatch.variant("broken", broken=True)
+def broken(**knobs: Any) -> dict[str, Any]:
+    """Dispatch without skip_keys: the top hook moves the KV cache to the main device every step."""
+    return _trial(knobs, skip_keys=False)
+
+
+@mismatch.variant("skip-keys")
+def skip_keys(**knobs: Any) -> dict[str, Any]:
+    """Dispatch with skip_keys=model._skip_keys_device_placement: each layer's cache stays where it was made."""
+    return _trial(knobs, skip_keys=True)

@@ -1,0 +1,181 @@
+"""thread-device: a model made under a device context in one thread, used from another.
+
+Source: ``shared/seeds/004`` (Outlines: a model made with ``device="cuda"`` in the main thread and a
+generator run in another failed with ``Expected all tensors to be on the same device, but found at
+least two devices, cuda:0 and cuda:1``; dottxt-ai/outlines issue 679). In PyTorch the default
+device (``torch.set_default_device``, the ``with torch.device(...)`` context) and the current CUDA
+device (``torch.cuda.set_device``) are all per thread: a new thread starts on the CPU default and
+on ``cuda:0``, whatever the thread that started it had set.
+
+Each trial makes the model (and the prompt, in the main thread) under the context, then decodes in
+a worker thread whose new tensors follow that thread's own default. On two GPUs the context is
+``torch.cuda.set_device(1)`` and ``"cuda"`` means ``cuda:1`` in the main thread and ``cuda:0`` in
+the worker: the report's own error. With one GPU the model goes to ``cuda:0`` under
+``set_default_device`` and the worker's ids stay on the CPU. With no GPU the model goes to ``meta``;
+the embedding's meta kernel checks no devices (CPU ids in, meta out, and all after it is meta), so
+:func:`labkit.devices.placement_check` (forward pre-hooks) is what raises there, naming the
+tensors: a placement check, labelled as such in each result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..errors import BadInput, WrongResult
+from ..scenario import Knob, Metric, Scenario, register
+
+CONTEXTS = ("auto", "set_default_device", "torch.device", "cuda.set_device")
+
+
+def _pair_text(text: str) -> str:
+    from ..devices import device_pair
+
+    if text == "auto":
+        return text
+    pair = device_pair(text)
+    if pair.first not in ("cpu", "cuda:0"):
+        raise BadInput(f"the first device is where a new thread's tensors land: cpu (default device) or cuda:0 "
+                       f"(current CUDA device); got {pair.first!r}")
+    return f"{pair.first},{pair.second}"
+
+
+def _check(knobs: dict[str, Any]) -> None:
+    if knobs["context"] == "cuda.set_device" and knobs["devices"] not in ("auto", "cuda:0,cuda:1"):
+        raise BadInput("context cuda.set_device needs devices cuda:0,cuda:1 (or auto on a machine with two GPUs)")
+
+
+threaded = register(
+    Scenario(
+        name="thread-device",
+        summary="the default/current device is per thread: a model made under a context, used from a worker",
+        source="seed 004 (Outlines, model made in one thread, generation in another): dottxt-ai/outlines issue 679",
+        confirmed_on="torch 2.13.0, transformers 5.23; 2-core x86-64 (cpu + meta)",
+        knobs=(
+            Knob("devices", "auto", "'auto' or 'A,B': A is where a new thread's tensors land, B the context's device",
+                 validate=_pair_text),
+            Knob("context", "auto", "how the main thread sets its device", choices=CONTEXTS),
+            Knob("tokens", 6, "decoding steps", low=1, high=64),
+        ),
+        metrics=(
+            Metric("steps_completed", "steps", True, "decoding steps that finished"),
+            Metric("ms_per_step", "ms", False, "wall-clock milliseconds per decoding step"),
+        ),
+        main_fix="explicit-device",
+        timeout=90.0,
+        quick={"tokens": 3},
+        check=_check,
+    )
+)
+
+
+def _setup(knobs: dict[str, Any]):
+    from ..devices import device_pair
+
+    pair = device_pair(knobs["devices"])
+    how = knobs["context"]
+    if how == "auto":
+        how = "cuda.set_device" if pair.first.startswith("cuda") else "set_default_device"
+    if how == "cuda.set_device" and (pair.first, pair.second) != ("cuda:0", "cuda:1"):
+        raise BadInput("context cuda.set_device needs two GPUs (devices cuda:0,cuda:1)")
+    return pair, how
+
+
+def device_context(how: str, device: str):
+    """Enter ``how`` for ``device`` in the calling thread; returns the device name to use unqualified."""
+    import torch
+
+    if how == "set_default_device":
+        torch.set_default_device(device)
+        return contextlib.nullcontext()
+    if how == "torch.device":
+        return torch.device(device)
+    torch.cuda.set_device(device)
+    return contextlib.nullcontext()
+
+
+def _decode(model, prompt_ids, steps: int, feed, placement_only: bool) -> tuple[list[int], int, float]:
+    """Decode with the placement check on where torch checks nothing (meta); count the steps done."""
+    from ..decoding import decode_by_hand
+    from ..devices import placement_check
+
+    done = [0]
+    handles = placement_check(model) if placement_only else []
+    t0 = time.perf_counter()
+    try:
+        tokens = decode_by_hand(model, prompt_ids, steps, feed, lambda step, _: done.__setitem__(0, step))
+    except Exception as exc:
+        exc.metrics = {"steps_completed": float(done[0])}
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+    return tokens, done[0], time.perf_counter() - t0
+
+
+def _trial(knobs: dict[str, Any], variant: str) -> dict[str, Any]:
+    import torch
+
+    from ..decoding import corpus_prompt, decode_by_hand
+    from ..models import tiny_model
+
+    pair, how = _setup(knobs)
+    steps = knobs["tokens"]
+    prompt, feed = corpus_prompt(steps=steps)
+    notes = {
+        "devices": f"{pair} ({pair.why})",
+        "context": how,
+        "check": "placement: labkit's pre-hooks, since the embedding's meta kernel checks no devices"
+        if pair.placement_only else "torch's own device checks, and the tokens against a one-thread CPU run",
+    }
+    unqualified = "cuda" if how == "cuda.set_device" else None  # "cuda" follows the thread's current device
+
+    def make():
+        """Model and prompt made under the context, in the calling thread."""
+        with device_context(how, pair.second):
+            model = tiny_model().to(unqualified) if unqualified else tiny_model()
+            return model, torch.tensor([prompt], device=unqualified)
+
+    def worker(model=None):
+        if variant == "same-thread":
+            model, ids = make()  # context, model, inputs and decoding in one thread
+        elif variant == "explicit-device":
+            model = tiny_model().to(pair.second)  # every device named with its index
+            ids = torch.tensor([prompt], device=pair.second)
+        else:
+            ids = torch.tensor([prompt], device=unqualified)  # this thread's own default
+        return _decode(model, ids, steps, feed, pair.placement_only)
+
+    try:
+        shared = make()[0] if variant == "broken" else None
+        with ThreadPoolExecutor(1, thread_name_prefix="generator") as pool:
+            tokens, done, seconds = pool.submit(worker, shared).result()
+    except Exception as exc:
+        exc.metrics = {**getattr(exc, "metrics", {}), **notes}
+        raise
+    metrics = {"steps_completed": float(done), "ms_per_step": 1e3 * seconds / steps, **notes}
+    if not pair.placement_only:
+        reference = decode_by_hand(tiny_model(), torch.tensor([prompt]), steps)
+        if tokens != reference:
+            raise WrongResult(f"worker said {tokens}, one-thread CPU run {reference}", metrics)
+    return metrics
+
+
+@threaded.variant("broken", broken=True)
+def broken(**knobs: Any) -> dict[str, Any]:
+    """Model made under the main thread's device context; the worker's ids land on its own default device."""
+    return _trial(knobs, "broken")
+
+
+@threaded.variant("explicit-device")
+def explicit_device(**knobs: Any) -> dict[str, Any]:
+    """Name the device index everywhere (model.to("cuda:1"), tensors with device="cuda:1"): no context needed."""
+    return _trial(knobs, "explicit-device")
+
+
+@threaded.variant("same-thread")
+def same_thread(**knobs: Any) -> dict[str, Any]:
+    """Enter the context, make the model and its inputs, and generate, all in the worker thread."""
+    return _trial(knobs, "same-thread")

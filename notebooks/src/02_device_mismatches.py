@@ -1,0 +1,263 @@
+# %% [markdown]
+# # Device mismatches: split models, and devices that belong to a thread
+#
+# Two reports, one error: `Expected all tensors to be on the same device, but found at least two
+# devices, cuda:0 and cuda:1!`
+#
+# 1. **A model split over devices** (`shared/seeds/001`): Qwen3 split over GPUs with accelerate
+#    (`init_empty_weights`, `get_balanced_memory`, `infer_auto_device_map`, `load_checkpoint_and_dispatch`)
+#    fails on the **2nd** decoding step. Fix: `skip_keys=model._skip_keys_device_placement`
+#    (transformers PR 23919; PR 28051 shows the same failure in LLaVa).
+# 2. **A device that belongs to a thread** (`shared/seeds/004`, Outlines issue 679): a model made with
+#    `device="cuda"` in the main thread and used from another thread. In PyTorch the default device and
+#    the current CUDA device are per thread.
+#
+# **Devices.** labkit takes what the machine has and says which pair it used and why: two GPUs
+# (`cuda:0 + cuda:1`), or one GPU and the CPU, or with no GPU the CPU and the **meta** device, which
+# every PyTorch build has. A meta tensor has a shape and a device but no data: a run over `cpu + meta`
+# is a **placement check** (every step completes with every tensor where the map puts it), not a numeric
+# run. Cells that need a GPU say so and do nothing without one.
+
+# %%
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+import torch
+
+import labkit
+from labkit import LivePlot
+from labkit.devices import device_pair
+
+mismatch, threaded = labkit.get("device-mismatch"), labkit.get("thread-device")
+pair = device_pair()
+print(f"this machine's pair: {pair}\nwhy: {pair.why}")
+
+# %% [markdown]
+# ## 1. A split model fails on its 2nd step
+#
+# Each trial saves the embedded tiny Qwen3 as a real checkpoint, builds the model's skeleton with
+# `init_empty_weights`, plans a map with `get_balanced_memory` and `infer_auto_device_map`, loads the
+# checkpoint and dispatches it (`load_checkpoint_in_model` then `dispatch_model`, which is what
+# `load_checkpoint_and_dispatch` does), then decodes step by step.
+
+# %%
+live = LivePlot("device-mismatch / broken")
+broken = labkit.run(mismatch, "broken", knobs=mismatch.quick, on_tick=live).trials[0]
+live.show(broken.samples)
+print(broken.outcome, "|", broken.error)
+for key, text in broken.notes.items():
+    print(f"{key}: {text}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("failed:", broken.outcome == "raised", "| steps completed before it:", int(broken.metrics["steps_completed"]))
+
+# %% [markdown]
+# ### Why: where each tensor lives at the failing step
+#
+# `dispatch_model` puts a hook on every part of the model that moves its inputs to the part's device,
+# and one on the whole model that moves **every** input to the main device (the embeddings' device),
+# the past keys and values included, unless their key is in `skip_keys`. Step 1 has no cache yet, so it
+# passes; each layer makes its cache on its own device. Before step 2 the top hook moves the cache of
+# the layers on the other device to the main device, and those layers then `torch.cat` their new keys
+# onto it: two devices in one op (on GPUs, that is the report's error). On `cpu + meta` the move itself
+# already fails, because meta has no data to copy: same mechanism, one step earlier.
+#
+# Below, both models run step 1 in this kernel; then each top hook is asked what it would hand to step 2.
+
+# %%
+import tempfile
+
+from labkit.models import save_tiny
+from labkit.scenarios.device_mismatch import dispatched
+
+checkpoint = str(save_tiny(tempfile.mkdtemp(prefix="labkit-nb02-")))
+prompt = torch.tensor([[5, 6, 7, 8]])
+rows = {}
+for skip in (False, True):
+    model, device_map, main = dispatched(checkpoint, "balanced", pair, skip_keys=skip)
+    past = model(input_ids=prompt.to(main), past_key_values=None, use_cache=True).past_key_values
+    layers = [m for m in device_map if ".layers." in m]
+    rows["map says"] = [device_map[m] for m in layers]
+    rows["cache after step 1"] = [str(k.device) for k, _ in past]
+    try:
+        _, kwargs = model._hf_hook.pre_forward(model, input_ids=prompt[:, :1].to(main), past_key_values=past)
+        rows[f"handed to step 2, skip_keys={skip}"] = [str(k.device) for k, _ in kwargs["past_key_values"]]
+    except Exception as exc:
+        print(f"skip_keys={skip}: the top hook's move failed: {type(exc).__name__}: {exc}")
+        rows[f"handed to step 2, skip_keys={skip}"] = ["(move failed)"] * len(layers)
+pd.DataFrame(rows, index=[f"layer {i}" for i in range(len(layers))])
+
+# %% [markdown]
+# ### Which versions do what
+#
+# accelerate's `send_to_device` moves tensors, tuples, lists, dicts, and any object with a `.to()`.
+# transformers before its Cache classes (< 4.36) handed the cache over as per-layer `(key, value)`
+# tuples, which it moves. transformers 5 hands over a `DynamicCache`, which has no `.to()`: the hook
+# leaves it alone, and `generate` no longer fails this way (checked here on the versions below). To
+# reproduce the mechanism on them, the trials hand the cache over as tuples and rebuild a `DynamicCache`
+# inside the forward, as transformers 4.36 to 4.4x did (`legacy_cache_forward`):
+
+# %%
+import accelerate
+import transformers
+from accelerate.utils import send_to_device
+from transformers import DynamicCache
+
+legacy = ((torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4)),)
+print("tuples moved to meta:      ", send_to_device(legacy, "meta")[0][0].device)
+print("DynamicCache moved to meta:", send_to_device(DynamicCache(legacy), "meta").layers[0].keys.device)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"transformers {transformers.__version__.split('.')[0]}.x, accelerate {accelerate.__version__.split('.')[0]}.x:",
+      "tuples moved:", send_to_device(legacy, "meta")[0][0].is_meta,
+      "| DynamicCache moved:", send_to_device(DynamicCache(legacy), "meta").layers[0].keys.is_meta)
+
+# %%
+from labkit.scenarios.device_mismatch import legacy_cache_forward
+
+print(inspect.getsource(legacy_cache_forward))
+
+# %% [markdown]
+# ### The fix: `skip_keys`
+#
+# `skip_keys=model._skip_keys_device_placement` (for Qwen3, `["past_key_values"]`) tells the top hook to
+# leave the cache where each layer made it. Each step of the fixed run checks that every layer's cache is
+# on the device the map runs that layer on; with GPUs it also compares the tokens with a one-device run.
+
+# %%
+fixed = labkit.run(mismatch, "skip-keys", knobs=mismatch.quick, monitor=False).trials[0]
+print(fixed.outcome, "|", fixed.metrics)
+print(fixed.notes["check"])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("skip-keys:", fixed.outcome, "| steps:", int(fixed.metrics["steps_completed"]))
+
+# %% [markdown]
+# ### Play: edit the device map
+#
+# A row per part of the model, each with its device. **balanced** fills the rows from accelerate's
+# planner for this machine's pair; tick `skip_keys` for the fix; press Run. Each run adds a row to the
+# table. Try: move the split later or earlier; leave a row blank; put a row back on the CPU after a meta
+# row (nothing comes back from meta, so that map is refused with a message). On a GPU machine the
+# dropdowns list every `cuda:N`; note that accelerate treats `cpu` behind a GPU main device as
+# *offload* (weights kept on the CPU, run on the GPU), so such a map never fails.
+
+# %%
+from labkit.widgets import device_map_panel
+
+device_map_panel()
+
+# %% [markdown]
+# ## 2. The device belongs to the thread
+#
+# `torch.set_default_device`, `with torch.device(...)` and `torch.cuda.set_device` all change the calling
+# thread only. A thread started later begins on the CPU default and on `cuda:0`:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.device("meta"), ThreadPoolExecutor(1) as pool:
+    here = torch.empty(1).device
+    there = pool.submit(lambda: torch.empty(1).device).result()
+print(f"inside `with torch.device('meta')`: main thread makes {here}, a worker thread makes {there}")
+
+# %% [markdown]
+# ### Reproduce
+#
+# The broken variant makes the model under the context in the main thread (here `set_default_device`),
+# then decodes in a worker thread, whose new tensors follow its own default. On two GPUs the context is
+# `torch.cuda.set_device(1)`: `"cuda"` is `cuda:1` in the main thread and `cuda:0` in the worker, the
+# report's own error. On `cpu + meta` the embedding's meta kernel checks no devices (CPU ids in, meta out),
+# so labkit's placement check is what raises: forward pre-hooks that compare each module's inputs with
+# its weights and **name** them.
+
+# %%
+live = LivePlot("thread-device / broken")
+t_broken = labkit.run(threaded, "broken", knobs=threaded.quick, on_tick=live).trials[0]
+live.show(t_broken.samples)
+print(t_broken.outcome, "|", t_broken.error)
+print(t_broken.notes["check"])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("failed:", t_broken.outcome == "raised", "| steps completed:", int(t_broken.metrics["steps_completed"]))
+
+# %% [markdown]
+# ### The check, for your own code
+#
+# `labkit.devices.check_same_device(**tensors)` returns the one device they share or raises naming each
+# tensor; `labkit.devices.placement_check(model)` installs it as a pre-hook on every module with weights.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from labkit.devices import DeviceMismatch, check_same_device
+
+try:
+    check_same_device(input_ids=torch.tensor([[1, 2]]), weight=torch.empty(4, 4, device="meta"))
+except DeviceMismatch as exc:
+    print(exc)
+
+# %% [markdown]
+# ### The fixes
+#
+# * `explicit-device`: name the device index everywhere (`model.to("cuda:1")`, `device="cuda:1"` for every
+#   tensor); no context is needed at all.
+# * `same-thread`: enter the context, make the model and its inputs, and generate, all in one thread.
+
+# %%
+t_fixes = {v: labkit.run(threaded, v, knobs=threaded.quick, monitor=False).trials[0] for v in threaded.fixes}
+pd.DataFrame({v: {"outcome": t.outcome, **t.metrics} for v, t in t_fixes.items()}).T
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print({v: (t.outcome, int(t.metrics["steps_completed"])) for v, t in t_fixes.items()})
+
+# %% [markdown]
+# ### GPU only: the report's exact message
+#
+# With two GPUs, `context=cuda.set_device` reproduces seed 004 word for word. Without them this cell says
+# so and does nothing.
+
+# %%
+if torch.cuda.device_count() >= 2:
+    gpu = labkit.run(threaded, "broken", knobs={**threaded.quick, "context": "cuda.set_device"}, monitor=False)
+    print(gpu.trials[0].error)
+else:
+    print(f"{torch.cuda.device_count()} GPU(s) here: needs two")
+
+# %% [markdown]
+# ### Play
+#
+# `devices` is `auto` or two devices `A,B` (A: where a new thread's tensors land, `cpu` or `cuda:0`; B: the
+# context's device); `context` is how the main thread sets it.
+
+# %%
+from labkit.widgets import panel
+
+panel(threaded, knobs=["devices", "context", "tokens"], values=threaded.quick)
+
+# %% [markdown]
+# ## Moonshot, not done: a virtual multi-GPU dry run
+#
+# PyTorch's `FakeTensorMode` fakes `cuda:0` and `cuda:1` tensors on a CPU-only build and raises the real
+# mismatch error:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+with FakeTensorMode():
+    try:
+        torch.cat([torch.empty(2, device="cuda:0"), torch.empty(2, device="cuda:1")])
+    except RuntimeError as exc:
+        print(exc)
+
+# %% [markdown]
+# How far the whole model gets (torch 2.13 CPU build, accelerate 1.15): `dispatch_model` places the tiny
+# model's weights on fake `cuda:0` and `cuda:1` (map keys must be `"cuda:N"` strings: an integer key asks
+# the CPU build for a CUDA device), and the first forward stops in Qwen3's rotary embedding, where
+# indexing a fake CUDA tensor reaches CUDA code: `PyTorch is not linked with support for cuda devices`.
+# So a device map of N GPUs cannot yet be dry-run on a laptop with labkit.

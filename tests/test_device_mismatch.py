@@ -1,0 +1,86 @@
+"""device-mismatch: accelerate's real dispatch hooks over two devices, with and without skip_keys."""
+
+import pytest
+
+from labkit import BadInput, WrongResult, get, run
+from labkit.scenarios import device_mismatch
+
+QUICK = {"tokens": 3}
+
+
+def test_broken_fails_on_the_second_step_every_trial():
+    trials = run("device-mismatch", "broken", repeats=2, knobs=QUICK, monitor=False).trials
+    for t in trials:
+        assert t.outcome == "raised" and t.metrics["steps_completed"] == 1, t.error
+        # cpu + meta: the hook's copy of the meta layers' cache fails; on GPUs, the cache's torch.cat
+        assert "Cannot copy out of meta tensor" in t.error or "Expected all tensors to be on the same device" in t.error
+        assert "send_to_device" in t.traceback or "torch.cat" in t.traceback
+        assert t.notes["devices"].startswith(("cpu + meta", "cpu + cuda:0", "cuda:0 + cuda:1"))
+
+
+def test_skip_keys_generates_every_step():
+    (t,) = run("device-mismatch", "skip-keys", knobs=QUICK, monitor=False).trials
+    assert (t.outcome, t.error, t.metrics["steps_completed"]) == ("ok", None, 3)
+    assert "placement" in t.notes["check"]
+
+
+def test_an_edited_map_runs_and_is_reported():
+    (t,) = run("device-mismatch", "skip-keys", knobs={**QUICK, "device_map": "cpu,cpu,cpu,cpu,meta,meta,meta"},
+               monitor=False).trials
+    assert t.outcome == "ok", t.error
+    assert t.notes["map"] == "embeddings, layer 0, layer 1, layer 2: cpu; layer 3, norm, head: meta"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cpu,cpu", "device_map needs 7 devices, one per row"),
+    ("cpu,meta,cpu,meta,meta,meta,meta", "layer 1 is on cpu after layer 0 on meta"),
+    ("cpu,cuda:7,cpu,cpu,cpu,cpu,cpu", "device 'cuda:7' does not exist on this machine"),
+])
+def test_bad_maps_are_refused_before_anything_runs(spec, message):
+    with pytest.raises(BadInput, match=message):
+        get("device-mismatch").knob_values({"device_map": spec})
+
+
+def test_bad_devices_and_models_are_refused():
+    scen = get("device-mismatch")
+    with pytest.raises(BadInput, match="meta cannot be the first"):
+        scen.knob_values({"devices": "meta,cpu"})
+    with pytest.raises(BadInput, match="is not a checkpoint folder"):
+        scen.knob_values({"model": "/no/such/folder"})
+
+
+def test_which_cache_forms_accelerate_moves():
+    """Why the trials pass the cache as tuples: on the versions we install, accelerate moves
+    tuples of tensors but leaves transformers' DynamicCache (no ``.to()``) where it is."""
+    import torch
+    from accelerate.utils import send_to_device
+    from transformers import DynamicCache
+
+    legacy = ((torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4)),)
+    assert send_to_device({"past_key_values": legacy}, "meta")["past_key_values"][0][0].device.type == "meta"
+    assert send_to_device({"past_key_values": legacy}, "meta", skip_keys=["past_key_values"])[
+        "past_key_values"][0][0].device.type == "cpu"
+    cache = send_to_device({"past_key_values": DynamicCache(legacy)}, "meta")["past_key_values"]
+    assert not hasattr(cache, "to") and cache.layers[0].keys.device.type == "cpu"
+
+
+def test_the_placement_check_catches_a_cache_in_the_wrong_place():
+    import torch
+
+    device_map = {"model.layers.0": "cpu", "model.layers.1": "meta"}
+    right = ((torch.zeros(1), torch.zeros(1)), (torch.zeros(1, device="meta"), torch.zeros(1, device="meta")))
+    device_mismatch.check_cache_placement(right, device_map, main="cpu")
+    wrong = (right[0], (torch.zeros(1), torch.zeros(1)))
+    with pytest.raises(WrongResult, match="layer 1's cache is on cpu, but the map runs layer 1 on meta"):
+        device_mismatch.check_cache_placement(wrong, device_map, main="cpu")
+    # CPU rows behind a GPU main device are offloaded: they run (and cache) on the main device
+    device_mismatch.check_cache_placement(right[:1], {"model.layers.0": "cpu"}, main="cpu")
+    assert device_mismatch._execution_device("cpu", "cuda:0") == "cuda:0"
+
+
+@pytest.mark.gpu
+def test_on_gpus_broken_raises_torchs_own_mismatch_and_skip_keys_matches_one_device():
+    broken = run("device-mismatch", "broken", knobs=QUICK, monitor=False).trials[0]
+    assert "Expected all tensors to be on the same device" in broken.error, broken.error
+    fixed = run("device-mismatch", "skip-keys", knobs={"tokens": 8}, monitor=False).trials[0]
+    assert fixed.outcome == "ok", fixed.error  # tokens equal to a one-device CPU run

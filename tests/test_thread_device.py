@@ -1,0 +1,43 @@
+"""thread-device: a device context is per thread; a worker does not inherit it."""
+
+import pytest
+
+from labkit import BadInput, get, run
+
+QUICK = {"tokens": 3}
+
+
+@pytest.mark.parametrize("context", ["set_default_device", "torch.device"])
+def test_broken_fails_every_trial(context):
+    trials = run("thread-device", "broken", repeats=2 if context == "set_default_device" else 1,
+                 knobs={**QUICK, "context": context}, monitor=False).trials
+    for t in trials:
+        assert t.outcome == "raised" and t.metrics["steps_completed"] == 0, t.error
+        # no GPU: labkit's check names the tensors; with GPUs, torch's own error
+        assert ("model.embed_tokens input 0 on cpu" in t.error) or ("Expected all tensors" in t.error), t.error
+        assert t.notes["context"] == context
+
+
+@pytest.mark.parametrize("variant", ["explicit-device", "same-thread"])
+def test_both_fixes_decode_every_step(variant):
+    (t,) = run("thread-device", variant, knobs=QUICK, monitor=False).trials
+    assert (t.outcome, t.error, t.metrics["steps_completed"]) == ("ok", None, 3)
+
+
+def test_bad_settings_are_refused():
+    scen = get("thread-device")
+    with pytest.raises(BadInput, match="context cuda.set_device needs devices cuda:0,cuda:1"):
+        scen.knob_values({"context": "cuda.set_device", "devices": "cpu,meta"})
+    with pytest.raises(BadInput, match="where a new thread's tensors land"):
+        scen.knob_values({"devices": "meta,cpu"})
+    with pytest.raises(BadInput, match="tokens=0 is out of range"):
+        scen.knob_values({"tokens": 0})
+
+
+@pytest.mark.gpu
+def test_on_gpus_broken_raises_torchs_own_mismatch_and_fixes_match_one_thread():
+    t = run("thread-device", "broken", knobs=QUICK, monitor=False).trials[0]
+    assert "Expected all tensors to be on the same device" in t.error, t.error
+    for variant in ("explicit-device", "same-thread"):
+        t = run("thread-device", variant, knobs={"tokens": 8}, monitor=False).trials[0]
+        assert t.outcome == "ok", t.error  # tokens equal to a one-thread CPU run
