@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from .scenario import Metric
+
+STEP_METRICS = (  # what the device scenarios measure
+    Metric("steps_completed", "steps", True, "decoding steps that finished"),
+    Metric("ms_per_step", "ms", False, "wall-clock milliseconds per decoding step"),
+)
+
 
 def decode_by_hand(
     model,

@@ -167,25 +167,31 @@ class LivePlot:
     every ``every`` seconds; leave it out when the numbers matter more than the picture.
     """
 
-    def __init__(self, title: str = "", every: float = 1.0):
-        self.title, self.every = title, every
+    def __init__(self, title: str = "", every: float = 1.0, image=None):
+        """``image``: an ``ipywidgets.Image`` to draw into (from any thread, as panels do); else a
+        display handle in the current cell; else, with no front end, nothing."""
+        self.title, self.every, self.image = title, every, image
         self._last = 0.0
         self._handle = None
-        if in_notebook():
+        if image is None and in_notebook():
             from IPython.display import display
 
             self._handle = display(f"{title}: waiting for the first samples...", display_id=True)
 
     def __call__(self, monitor: "Monitor") -> None:
-        if self._handle is None or time.monotonic() - self._last < self.every:
+        if (self._handle is None and self.image is None) or time.monotonic() - self._last < self.every:
             return
         self.show(monitor.to_frame(), monitor.gpu_note)
 
     def show(self, samples: pd.DataFrame, gpu_note: str = "") -> None:
         """Draw ``samples`` now (also the final picture once the trial is over)."""
         self._last = time.monotonic()
-        if self._handle is None or samples.empty:
+        if (self._handle is None and self.image is None) or samples.empty:
             return
-        from IPython.display import Image
+        picture = png(monitor_figure(samples, self.title, gpu_note))
+        if self.image is not None:
+            self.image.value = picture
+        else:
+            from IPython.display import Image
 
-        self._handle.update(Image(png(monitor_figure(samples, self.title, gpu_note))))
+            self._handle.update(Image(picture))

@@ -1,11 +1,15 @@
 """``labkit tour``: every scenario's broken variant against its main fix, on the embedded model.
 
 The report folder holds one A/B figure and the monitor's view of one trial of each side per
-scenario, ``results.json`` (every comparison, every trial) and ``report.md`` that ties them together.
+scenario, ``results.json`` (every comparison, every trial), ``report.md`` that ties them together,
+and ``report.html``: the same in one self-contained file (figures embedded) for people who would
+rather look than read, and who do not run notebooks.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,7 @@ def tour(
     chosen = [get(name) for name in only] if only else all_scenarios()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    comparisons, rows, sections = [], [], []
+    comparisons, rows, sections, pages = [], [], [], []
     for scen in chosen:
         broken, fix = scen.broken_variant, scen.main_fix
         if broken is None or fix is None:
@@ -55,6 +59,7 @@ def tour(
                 fig = monitor_figure(trial.samples, f"{scen.name} / {side.variant} (trial 0: {trial.outcome})")
                 figures.append(save(fig, folder / f"{scen.name}-{side.variant}-monitor.png").name)
         sections.append(_section(scen, result, figures))
+        pages.append(_html_section(scen, result, [folder / name for name in figures]))
     table = pd.DataFrame(rows)
     (folder / "results.json").write_text(json.dumps(jsonable([c.to_dict() for c in comparisons]), indent=2))
     env = doctor()
@@ -62,6 +67,9 @@ def tour(
         "# labkit tour\n\n```\n" + table.to_string(index=False) + "\n```\n\n" + "\n\n".join(sections)
         + "\n\n## Environment\n\n```\n" + str(env) + "\n```\n"
     )
+    (folder / "report.html").write_text(HTML_PAGE.format(
+        table=table.to_html(index=False, escape=True), sections="\n".join(pages),
+        environment=env.to_frame().to_html(index=False, escape=True)))
     return TourReport(folder, comparisons, table)
 
 
@@ -83,6 +91,39 @@ def _section(scen, result: Comparison, figures: list[str]) -> str:
     lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines)
 
+
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>labkit tour</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }}
+img {{ max-width: 100%; display: block; margin: 1em 0; }}
+.verdict {{ font-weight: bold; }}
+</style></head><body>
+<h1>labkit tour</h1>
+<p>Each scenario's broken variant against its main fix, every trial isolated in a child process.</p>
+{table}
+{sections}
+<h2>Environment</h2>
+{environment}
+</body></html>
+"""
+
+
+def _html_section(scen, result: Comparison, figures: list[Path]) -> str:
+    notes = result.a.trials[0].notes if result.a.trials else {}
+    parts = [f"<section id='{html.escape(scen.name)}'><h2>{html.escape(scen.name)}</h2>",
+             f"<p>{html.escape(scen.summary)}</p>",
+             f"<p>Source: {html.escape(scen.source)}. Confirmed on: {html.escape(scen.confirmed_on)}.</p>",
+             f"<p class='verdict'>{html.escape(tour_verdict(result))}</p>",
+             f"<p>On {html.escape(result.metric.name)}: {html.escape(result.verdict)}.</p>",
+             *(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in notes.items()),
+             result.table().to_html(escape=True)]
+    parts += [f"<img alt='{html.escape(path.name)}' src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
+              for path in figures]
+    return "\n".join(parts) + "</section>"
 
 
 def _fmt(value: float) -> str:

@@ -1,28 +1,117 @@
-"""ipywidgets panels: a scenario's knobs as controls, a variant selector, Run, a live plot, and a
-results table that grows with each run (press Run twice for an A/B by hand).
+"""ipywidgets panels, one design for every notebook: a scenario's settings as controls, a variant,
+Run and Stop, a live plot, and a results table that grows with each run (press Run twice for an A/B
+by hand).
 
-A run happens in the button's callback: the kernel is busy for exactly the trial's duration,
-which is bounded by the trial's timeout (isolated in a child process, so a hang cannot freeze it).
+A run happens in a background thread of the kernel, so the notebook's other cells stay free while
+it runs; the trial itself is an isolated child process (a hang cannot freeze anything), and Stop
+kills its whole process group. The plot is an ``ipywidgets.Image`` and the table an ``HTML`` widget:
+both can be updated from that thread, which output areas cannot reliably be.
 """
 
 from __future__ import annotations
 
+import html
+import threading
 from typing import Any, Mapping, Sequence
 
 import ipywidgets as w
 import pandas as pd
-from IPython.display import display
 
 from . import scenario as registry
 from .errors import BadInput
 from .plots import LivePlot
-from .trial import run
+from .trial import Trial, run
 
 SLIDER_CAP = 16  # counts beyond this make a 2-core laptop crawl; the CLI takes any allowed value
+STYLE = {"description_width": "initial"}
+
+
+class Stopped(Exception):
+    """Raised from a trial's tick when Stop is pressed; the isolation layer then kills the trial."""
+
+
+class Runner:
+    """Run and Stop buttons, a status line, a live plot and a growing results table.
+
+    ``start(scenario, variant, knobs, shown)`` checks the settings (a bad one is a message, not an
+    exception), then runs one trial in a background thread; ``shown`` are the settings the table
+    lists. ``thread`` is the run in progress, for whoever needs to wait on it (tests).
+    """
+
+    def __init__(self, timeout: float | None = None):
+        self.timeout = timeout
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.status = w.HTML()
+        self.plot = w.Image(format="png", layout=w.Layout(max_width="900px"))
+        self.table = w.HTML()
+        self.details = w.HTML()
+        self.rows: list[dict[str, Any]] = []
+        self.thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.stop_button.on_click(lambda _: self._stop.set())
+
+    @property
+    def buttons(self) -> w.HBox:
+        return w.HBox([self.run_button, self.stop_button])
+
+    @property
+    def outputs(self) -> list[w.Widget]:
+        return [self.status, self.plot, self.table, self.details]
+
+    def say(self, text: str, error: bool = False) -> None:
+        self.status.value = f"<span style='color:#b00'>{html.escape(text)}</span>" if error else text
+
+    def start(self, scenario: str | registry.Scenario, variant: str, knobs: Mapping[str, Any],
+              shown: Mapping[str, Any]) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return self.say("a run is in progress: wait for it, or press Stop", error=True)
+        try:
+            scen = registry.get(scenario)
+            scen.get_variant(variant)
+            scen.knob_values(knobs)  # bad settings get their message before anything starts
+        except BadInput as exc:
+            return self.say(str(exc), error=True)
+        self._stop.clear()
+        self.run_button.disabled, self.stop_button.disabled = True, False
+        self.say(f"running <b>{html.escape(variant)}</b>...")
+        self.thread = threading.Thread(target=self._run, args=(scen, variant, dict(knobs), dict(shown)),
+                                       name="labkit-panel-run", daemon=True)
+        self.thread.start()
+
+    def _run(self, scen: registry.Scenario, variant: str, knobs: dict[str, Any], shown: dict[str, Any]) -> None:
+        live = LivePlot(f"{scen.name} / {variant}", every=1.0, image=self.plot)
+
+        def tick(monitor) -> None:
+            if self._stop.is_set():
+                raise Stopped
+            live(monitor)
+
+        try:
+            trial = run(scen, variant, knobs=knobs, timeout=self.timeout, on_tick=tick).trials[0]
+            self.record(trial, live, {"variant": variant, **shown})
+        except Stopped:
+            self.say(f"{html.escape(variant)}: stopped; the trial's processes were killed")
+        except Exception as exc:  # noqa: BLE001 - a panel shows what went wrong instead of dying silently
+            self.say(f"{type(exc).__name__}: {exc}", error=True)
+        finally:
+            self.run_button.disabled, self.stop_button.disabled = False, True
+
+    def record(self, trial: Trial, live: LivePlot, shown: Mapping[str, Any]) -> None:
+        """Show a finished trial: its final plot, a new table row, its stacks if it hung, its notes."""
+        if trial.samples is not None:
+            live.show(trial.samples)
+        self.rows.append({"run": len(self.rows) + 1, **shown, "outcome": trial.outcome,
+                          **{k: round(v, 4) for k, v in trial.metrics.items()}, "error": trial.error or ""})
+        self.table.value = pd.DataFrame(self.rows).set_index("run").to_html()
+        parts = [f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in trial.notes.items()]
+        parts += [f"<b>stacks of process {pid}</b><pre>{html.escape(text)}</pre>" for pid, text in trial.stacks.items()]
+        self.details.value = "<br>".join(parts)
+        self.say(f"{html.escape(shown.get('variant', ''))}: <b>{trial.outcome}</b> in {trial.seconds:.1f} s")
 
 
 def _control(knob: registry.Knob, value: Any, bounds: tuple[float, float] | None) -> w.Widget:
-    style = {"description_width": "initial"}
+    style = STYLE
     if knob.choices is not None:
         return w.Dropdown(options=list(knob.choices), value=value, description=knob.name, style=style)
     if isinstance(knob.default, str):
@@ -49,47 +138,16 @@ def panel(
     chosen = [k for k in scen.knobs if knobs is None or k.name in knobs]
     controls = {k.name: _control(k, start[k.name], (bounds or {}).get(k.name)) for k in chosen}
     variant = w.Dropdown(options=list(variants or scen.variants), description="variant")
-    button = w.Button(description="Run", button_style="primary", icon="play")
-    status = w.HTML()
-    plot_area, table_area = w.Output(), w.Output()
-    rows: list[dict[str, Any]] = []
+    runner = Runner(timeout)
 
     def on_run(_):
-        button.disabled = True
-        try:
-            settings = {**start, **{name: c.value for name, c in controls.items()}}
-            scen.knob_values(settings)  # bad settings get their message before anything starts
-            status.value = f"running <b>{variant.value}</b>..."
-            plot_area.clear_output()
-            with plot_area:
-                live = LivePlot(f"{scen.name} / {variant.value}", every=1.0)
-            trial = run(scen, variant.value, knobs=settings, timeout=timeout, on_tick=live).trials[0]
-            _record(trial, live, rows, {"variant": variant.value, **{k: settings[k] for k in controls}},
-                    table_area, status)
-        except BadInput as exc:
-            status.value = f"<span style='color:#b00'>{exc}</span>"
-        finally:
-            button.disabled = False
+        shown = {name: c.value for name, c in controls.items()}
+        runner.start(scen, variant.value, {**start, **shown}, shown)
 
-    button.on_click(on_run)
-    return w.VBox([w.HBox([variant, button]), *controls.values(), status, plot_area, table_area])
-
-
-def _record(trial, live: LivePlot, rows: list[dict[str, Any]], settings: Mapping[str, Any],
-            table_area: w.Output, status: w.HTML) -> None:
-    """Show a finished trial: its plot, a new row in the table, its stacks if it hung, its notes."""
-    if trial.samples is not None:
-        live.show(trial.samples)
-    rows.append({"run": len(rows) + 1, **settings, "outcome": trial.outcome,
-                 **{k: round(v, 4) for k, v in trial.metrics.items()}, "error": trial.error or ""})
-    table_area.clear_output()
-    with table_area:
-        display(pd.DataFrame(rows).set_index("run"))
-        if trial.stacks:
-            display(w.HTML("<pre>" + "\n\n".join(trial.stacks.values()) + "</pre>"))
-        if trial.notes:
-            display(w.HTML("<br>".join(f"<b>{k}</b>: {v}" for k, v in trial.notes.items())))
-    status.value = f"{settings.get('variant', '')}: <b>{trial.outcome}</b> in {trial.seconds:.1f} s"
+    runner.run_button.on_click(on_run)
+    box = w.VBox([w.HBox([variant, runner.buttons]), *controls.values(), *runner.outputs])
+    box.runner = runner
+    return box
 
 
 def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None = None) -> w.VBox:
@@ -103,16 +161,12 @@ def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None
 
     skeleton = empty_model(tiny_config() if model == "tiny" else model)
     labels = map_rows(skeleton)
-    choices = ["", *available()]
-    style = {"description_width": "initial"}
-    pickers = {label: w.Dropdown(options=choices, description=label, style=style) for label in labels}
+    pickers = {label: w.Dropdown(options=["", *available()], description=label, style=STYLE) for label in labels}
     balanced = w.Button(description="balanced", icon="balance-scale",
                         tooltip="accelerate's get_balanced_memory + infer_auto_device_map over this machine's pair")
-    skip = w.Checkbox(value=False, description="skip_keys=model._skip_keys_device_placement", style=style)
-    steps = w.IntSlider(value=tokens, min=2, max=16, description="tokens", style=style)
-    button = w.Button(description="Run", button_style="primary", icon="play")
-    status, plot_area, table_area = w.HTML(), w.Output(), w.Output()
-    results: list[dict[str, Any]] = []
+    skip = w.Checkbox(value=False, description="skip_keys=model._skip_keys_device_placement", style=STYLE)
+    steps = w.IntSlider(value=tokens, min=2, max=16, description="tokens", style=STYLE)
+    runner = Runner(timeout)
 
     def fill_balanced(_=None):
         device_map = balanced_map(skeleton, device_pair())
@@ -120,23 +174,13 @@ def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None
             pickers[label].value = device_map[module]
 
     def on_run(_):
-        button.disabled = True
-        variant = "skip-keys" if skip.value else "broken"
-        try:
-            knobs = {"device_map": ",".join(p.value for p in pickers.values()), "tokens": steps.value, "model": model}
-            status.value = f"running <b>{variant}</b>..."
-            plot_area.clear_output()
-            with plot_area:
-                live = LivePlot(f"device-mismatch / {variant}", every=1.0)
-            trial = run("device-mismatch", variant, knobs=knobs, timeout=timeout, on_tick=live).trials[0]
-            _record(trial, live, results, {"variant": variant, "device_map": knobs["device_map"]}, table_area, status)
-        except BadInput as exc:
-            status.value = f"<span style='color:#b00'>{exc}</span>"
-        finally:
-            button.disabled = False
+        device_map = ",".join(p.value for p in pickers.values())
+        runner.start("device-mismatch", "skip-keys" if skip.value else "broken",
+                     {"device_map": device_map, "tokens": steps.value, "model": model}, {"device_map": device_map})
 
     balanced.on_click(fill_balanced)
-    button.on_click(on_run)
+    runner.run_button.on_click(on_run)
     fill_balanced()
-    return w.VBox([w.HBox([balanced, skip, steps, button]), *pickers.values(), status, plot_area, table_area])
-
+    box = w.VBox([w.HBox([balanced, skip, steps, runner.buttons]), *pickers.values(), *runner.outputs])
+    box.runner = runner
+    return box

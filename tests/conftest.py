@@ -1,4 +1,10 @@
+import threading
+
 import pytest
+
+from labkit import Metric, Scenario
+from labkit import scenario as registry
+from labkit.scenario import positive
 
 
 def _has_cuda() -> bool:
@@ -16,3 +22,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def locks_up():
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire()
+
+
+def counts_fast(items=100):
+    return {"items_per_s": float(items)}
+
+
+def counts_slow(items=100):
+    return {"items_per_s": items / 2.0}
+
+
+@pytest.fixture
+def cheap(monkeypatch):
+    """Torch-free scenarios, registered for one test: the CLI's contracts, not a failure mode, are
+    under test here (each built-in scenario has its own tests)."""
+    hang = Scenario("test-hang", summary="a lock taken twice", metrics=(Metric("x", "1"),), timeout=30)
+    hang.variant("broken", broken=True)(locks_up)
+    count = Scenario("test-count", summary="two counters", metrics=(Metric("items_per_s", "1/s"),),
+                     knobs=(positive("items", 100, "items"),), main_fix="fast")
+    count.variant("slow", broken=True)(counts_slow)
+    count.variant("fast")(counts_fast)
+    for scen in (hang, count):
+        monkeypatch.setitem(registry._REGISTRY, scen.name, scen)

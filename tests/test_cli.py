@@ -3,45 +3,13 @@
 import json
 import subprocess
 import sys
-import threading
 
 import pytest
 
-from labkit import Metric, Scenario
-from labkit.scenario import positive
-from labkit import scenario as registry
 from labkit.cli import main
 from labkit.isolate import group_members
 
 QUICK = ["--set", "workers=2", "--set", "tokens=2", "--set", "vocab=4096"]
-
-
-def locks_up():
-    lock = threading.Lock()
-    lock.acquire()
-    lock.acquire()
-
-
-def counts_fast(items=100):
-    return {"items_per_s": float(items)}
-
-
-def counts_slow(items=100):
-    return {"items_per_s": items / 2.0}
-
-
-@pytest.fixture
-def cheap(monkeypatch):
-    """Torch-free scenarios, registered for one test: the CLI's contracts, not a failure mode, are
-    under test here (each built-in scenario has its own tests)."""
-    hang = Scenario("test-hang", summary="a lock taken twice", metrics=(Metric("x", "1"),), timeout=30)
-    hang.variant("broken", broken=True)(locks_up)
-    count = Scenario("test-count", summary="two counters", metrics=(Metric("items_per_s", "1/s"),),
-                     knobs=(positive("items", 100, "items"),), main_fix="fast")
-    count.variant("slow", broken=True)(counts_slow)
-    count.variant("fast")(counts_fast)
-    for scen in (hang, count):
-        monkeypatch.setitem(registry._REGISTRY, scen.name, scen)
 
 
 def run_cli(capsys, *args):
@@ -132,3 +100,6 @@ def test_tour_writes_a_report(tmp_path, capsys, cheap):
     assert [c["scenario"] for c in results] == ["test-count", "tokenizer-deadlock"]
     assert results[1]["outcomes"]["a"]["hung"] == 1 and results[1]["outcomes"]["b"]["ok"] == 1
     assert "fixed: broken failed 1 of 1 (1 hung), no-parallelism none" in out
+    page = (tmp_path / "report.html").read_text()  # one file, every figure inside it
+    assert page.count("src='data:image/png;base64,") == len(list(tmp_path.glob("*.png"))) and "<h2>Environment</h2>" in page
+    assert "<section id='tokenizer-deadlock'>" in page and "fixed: broken failed 1 of 1" in page

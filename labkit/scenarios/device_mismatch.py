@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, WrongResult
-from ..scenario import Knob, Metric, Scenario, register
+from ..decoding import STEP_METRICS
+from ..scenario import Knob, Scenario, register
 
 TINY = "tiny"
 
@@ -78,10 +79,7 @@ mismatch = register(
             Knob("tokens", 6, "decoding steps; the failure is on the 2nd", low=2, high=64),
             Knob("model", TINY, "'tiny' or a local checkpoint folder laid out like Llama/Qwen", validate=_model_path),
         ),
-        metrics=(
-            Metric("steps_completed", "steps", True, "decoding steps that finished"),
-            Metric("ms_per_step", "ms", False, "wall-clock milliseconds per decoding step"),
-        ),
+        metrics=STEP_METRICS,
         main_fix="skip-keys",
         timeout=120.0,
         quick={"tokens": 3},

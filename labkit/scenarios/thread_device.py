@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import BadInput, WrongResult
-from ..scenario import Knob, Metric, Scenario, register
+from ..decoding import STEP_METRICS
+from ..scenario import Knob, Scenario, register
 
 CONTEXTS = ("auto", "set_default_device", "torch.device", "cuda.set_device")
 
@@ -59,10 +60,7 @@ threaded = register(
             Knob("context", "auto", "how the main thread sets its device", choices=CONTEXTS),
             Knob("tokens", 6, "decoding steps", low=1, high=64),
         ),
-        metrics=(
-            Metric("steps_completed", "steps", True, "decoding steps that finished"),
-            Metric("ms_per_step", "ms", False, "wall-clock milliseconds per decoding step"),
-        ),
+        metrics=STEP_METRICS,
         main_fix="explicit-device",
         timeout=90.0,
         quick={"tokens": 3},
@@ -157,7 +155,8 @@ def _trial(knobs: dict[str, Any], variant: str) -> dict[str, Any]:
         raise
     metrics = {"steps_completed": float(done), "ms_per_step": 1e3 * seconds / steps, **notes}
     if not pair.placement_only:
-        reference = decode_by_hand(tiny_model(), torch.tensor([prompt]), steps)
+        # named "cpu": this (main) thread's default device may be the context's by now
+        reference = decode_by_hand(tiny_model().to("cpu"), torch.tensor([prompt], device="cpu"), steps)
         if tokens != reference:
             raise WrongResult(f"worker said {tokens}, one-thread CPU run {reference}", metrics)
     return metrics
