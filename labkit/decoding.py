@@ -7,6 +7,7 @@ the ``meta`` device where logits hold no numbers, to feed the next ids themselve
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 from .scenario import Metric
@@ -43,6 +44,34 @@ def decode_by_hand(
                 on_step(step + 1, past)
             ids = torch.tensor([[token]], device=ids.device)
     return new
+
+
+def measured_decode(
+    model,
+    ids,
+    steps: int,
+    feed: Sequence[int] = (),
+    on_step: Callable[[int, Any], None] | None = None,
+) -> tuple[list[int], dict[str, float]]:
+    """:func:`decode_by_hand` measured in :data:`STEP_METRICS`.
+
+    A step that raises (or whose ``on_step`` raises) leaves ``steps_completed`` in the exception's
+    ``metrics``, which the isolated trial keeps with its ``raised`` or ``wrong`` outcome.
+    """
+    done = [0]
+
+    def count(step: int, past) -> None:
+        if on_step is not None:
+            on_step(step, past)
+        done[0] = step
+
+    t0 = time.perf_counter()
+    try:
+        tokens = decode_by_hand(model, ids, steps, feed, count)
+    except Exception as exc:
+        exc.metrics = {"steps_completed": float(done[0]), **getattr(exc, "metrics", {})}
+        raise
+    return tokens, {"steps_completed": float(done[0]), "ms_per_step": 1e3 * (time.perf_counter() - t0) / steps}
 
 
 def corpus_prompt(length: int = 12, steps: int = 0) -> tuple[list[int], list[int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import BadInput
 
@@ -80,6 +80,21 @@ def device_pair(text: str = "auto") -> DevicePair:
     if first == second:
         raise BadInput(f"devices must be two different devices, got {first!r} twice; allowed here: {', '.join(available())}")
     return DevicePair(first, second, "chosen by the user")
+
+
+def pair_setting(first_ok: Callable[[str], bool], rule: str) -> Callable[[str], str]:
+    """A knob check for a device pair: ``"auto"`` as it is, else ``"A,B"`` normalised, with A obeying
+    ``rule`` (a scenario's own constraint on the first device)."""
+
+    def check(text: str) -> str:
+        if text == "auto":
+            return text
+        pair = device_pair(text)
+        if not first_ok(pair.first):
+            raise BadInput(f"{rule}; got {pair.first!r}")
+        return f"{pair.first},{pair.second}"
+
+    return check
 
 
 class DeviceMismatch(RuntimeError):

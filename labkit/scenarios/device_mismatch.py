@@ -28,26 +28,15 @@ to the CPU and dispatch puts them on meta.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, WrongResult
 from ..decoding import STEP_METRICS
+from ..devices import device_pair, pair_setting
 from ..scenario import Knob, Scenario, register
 
 TINY = "tiny"
-
-
-def _pair_text(text: str) -> str:
-    from ..devices import device_pair
-
-    if text == "auto":
-        return text
-    pair = device_pair(text)
-    if pair.first == "meta":
-        raise BadInput("meta cannot be the first (main) device: nothing comes back from meta; put it second")
-    return f"{pair.first},{pair.second}"
 
 
 def _model_path(path: str) -> str:
@@ -73,7 +62,8 @@ mismatch = register(
         confirmed_on="torch 2.13.0, transformers 5.23, accelerate 1.15 (cache passed as tuples, as transformers < 4.36 did)",
         knobs=(
             Knob("devices", "auto", "'auto' or 'A,B': A is the main device (embeddings first), B the other",
-                 validate=_pair_text),
+                 validate=pair_setting(lambda first: first != "meta", "meta cannot be the first (main) device: "
+                                       "nothing comes back from meta; put it second")),
             Knob("device_map", "balanced", "'balanced' (accelerate plans it) or one device per row: "
                  "embeddings, each layer, norm, head"),
             Knob("tokens", 6, "decoding steps; the failure is on the 2nd", low=2, high=64),
@@ -145,15 +135,13 @@ def check_cache_placement(past, device_map: dict[str, str], main: str) -> None:
 def _trial(knobs: dict[str, Any], skip_keys: bool) -> dict[str, Any]:
     import torch
 
-    from ..decoding import corpus_prompt, decode_by_hand
+    from ..decoding import corpus_prompt, decode_by_hand, measured_decode
     from ..device_maps import describe
-    from ..devices import device_pair
     from ..models import save_tiny
 
     pair = device_pair(knobs["devices"])
     steps = knobs["tokens"]
     prompt, feed = corpus_prompt(steps=steps)
-    done = {"steps": 0}
     with tempfile.TemporaryDirectory(prefix="labkit-checkpoint-") as tmp:
         checkpoint = str(save_tiny(tmp)) if knobs["model"] == TINY else knobs["model"]
         model, device_map, main = dispatched(checkpoint, knobs["device_map"], pair, skip_keys)
@@ -166,17 +154,12 @@ def _trial(knobs: dict[str, Any], skip_keys: bool) -> dict[str, Any]:
             if placement_only else "placement, and the tokens against a one-device run",
         }
 
-        def on_step(step: int, past) -> None:
-            check_cache_placement(past, device_map, main)
-            done["steps"] = step
-
-        t0 = time.perf_counter()
         try:
-            tokens = decode_by_hand(model, torch.tensor([prompt], device=main), steps, feed, on_step)
+            tokens, metrics = measured_decode(model, torch.tensor([prompt], device=main), steps, feed,
+                                              lambda step, past: check_cache_placement(past, device_map, main))
         except Exception as exc:
-            exc.metrics = {"steps_completed": float(done["steps"]), **getattr(exc, "metrics", {}), **notes}
+            exc.metrics = {**getattr(exc, "metrics", {}), **notes}
             raise
-        metrics = {"steps_completed": float(done["steps"]), "ms_per_step": 1e3 * (time.perf_counter() - t0) / steps}
         if not placement_only:
             from transformers import AutoModelForCausalLM
 

@@ -20,32 +20,30 @@ tensors: a placement check, labelled as such in each result.
 from __future__ import annotations
 
 import contextlib
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import BadInput, WrongResult
 from ..decoding import STEP_METRICS
+from ..devices import device_pair, pair_setting
 from ..scenario import Knob, Scenario, register
 
 CONTEXTS = ("auto", "set_default_device", "torch.device", "cuda.set_device")
 
 
-def _pair_text(text: str) -> str:
-    from ..devices import device_pair
-
-    if text == "auto":
-        return text
-    pair = device_pair(text)
-    if pair.first not in ("cpu", "cuda:0"):
-        raise BadInput(f"the first device is where a new thread's tensors land: cpu (default device) or cuda:0 "
-                       f"(current CUDA device); got {pair.first!r}")
-    return f"{pair.first},{pair.second}"
+def _context(pair, how: str) -> str:
+    """The context a trial uses: ``auto`` resolved for the pair, and checked against it."""
+    if how == "auto":
+        how = "cuda.set_device" if pair.first.startswith("cuda") else "set_default_device"
+    if how == "cuda.set_device" and (pair.first, pair.second) != ("cuda:0", "cuda:1"):
+        raise BadInput(f"context cuda.set_device needs devices cuda:0,cuda:1 (two GPUs); got {pair.first},{pair.second}")
+    return how
 
 
 def _check(knobs: dict[str, Any]) -> None:
-    if knobs["context"] == "cuda.set_device" and knobs["devices"] not in ("auto", "cuda:0,cuda:1"):
-        raise BadInput("context cuda.set_device needs devices cuda:0,cuda:1 (or auto on a machine with two GPUs)")
+    """A context that cannot work with the pair is refused before any trial starts."""
+    if knobs["context"] != "auto" or knobs["devices"] != "auto":  # auto with auto always fits
+        _context(device_pair(knobs["devices"]), knobs["context"])
 
 
 threaded = register(
@@ -56,7 +54,8 @@ threaded = register(
         confirmed_on="torch 2.13.0, transformers 5.23; 2-core x86-64 (cpu + meta)",
         knobs=(
             Knob("devices", "auto", "'auto' or 'A,B': A is where a new thread's tensors land, B the context's device",
-                 validate=_pair_text),
+                 validate=pair_setting(lambda first: first in ("cpu", "cuda:0"), "the first device is where a "
+                                       "new thread's tensors land: cpu (default device) or cuda:0 (current CUDA device)")),
             Knob("context", "auto", "how the main thread sets its device", choices=CONTEXTS),
             Knob("tokens", 6, "decoding steps", low=1, high=64),
         ),
@@ -67,18 +66,6 @@ threaded = register(
         check=_check,
     )
 )
-
-
-def _setup(knobs: dict[str, Any]):
-    from ..devices import device_pair
-
-    pair = device_pair(knobs["devices"])
-    how = knobs["context"]
-    if how == "auto":
-        how = "cuda.set_device" if pair.first.startswith("cuda") else "set_default_device"
-    if how == "cuda.set_device" and (pair.first, pair.second) != ("cuda:0", "cuda:1"):
-        raise BadInput("context cuda.set_device needs two GPUs (devices cuda:0,cuda:1)")
-    return pair, how
 
 
 def device_context(how: str, device: str):
@@ -94,23 +81,17 @@ def device_context(how: str, device: str):
     return contextlib.nullcontext()
 
 
-def _decode(model, prompt_ids, steps: int, feed, placement_only: bool) -> tuple[list[int], int, float]:
-    """Decode with the placement check on where torch checks nothing (meta); count the steps done."""
-    from ..decoding import decode_by_hand
+def _decode(model, prompt_ids, steps: int, feed, placement_only: bool) -> tuple[list[int], dict[str, float]]:
+    """Decode with the placement check on where torch checks nothing (meta)."""
+    from ..decoding import measured_decode
     from ..devices import placement_check
 
-    done = [0]
     handles = placement_check(model) if placement_only else []
-    t0 = time.perf_counter()
     try:
-        tokens = decode_by_hand(model, prompt_ids, steps, feed, lambda step, _: done.__setitem__(0, step))
-    except Exception as exc:
-        exc.metrics = {"steps_completed": float(done[0])}
-        raise
+        return measured_decode(model, prompt_ids, steps, feed)
     finally:
         for h in handles:
             h.remove()
-    return tokens, done[0], time.perf_counter() - t0
 
 
 def _trial(knobs: dict[str, Any], variant: str) -> dict[str, Any]:
@@ -119,7 +100,8 @@ def _trial(knobs: dict[str, Any], variant: str) -> dict[str, Any]:
     from ..decoding import corpus_prompt, decode_by_hand
     from ..models import tiny_model
 
-    pair, how = _setup(knobs)
+    pair = device_pair(knobs["devices"])
+    how = _context(pair, knobs["context"])
     steps = knobs["tokens"]
     prompt, feed = corpus_prompt(steps=steps)
     notes = {
@@ -149,11 +131,11 @@ def _trial(knobs: dict[str, Any], variant: str) -> dict[str, Any]:
     try:
         shared = make()[0] if variant == "broken" else None
         with ThreadPoolExecutor(1, thread_name_prefix="generator") as pool:
-            tokens, done, seconds = pool.submit(worker, shared).result()
+            tokens, metrics = pool.submit(worker, shared).result()
     except Exception as exc:
         exc.metrics = {**getattr(exc, "metrics", {}), **notes}
         raise
-    metrics = {"steps_completed": float(done), "ms_per_step": 1e3 * seconds / steps, **notes}
+    metrics = {**metrics, **notes}
     if not pair.placement_only:
         # named "cpu": this (main) thread's default device may be the context's by now
         reference = decode_by_hand(tiny_model().to("cpu"), torch.tensor([prompt], device="cpu"), steps)
