@@ -85,12 +85,16 @@ def tour_verdict(result: Comparison) -> str:
     return result.verdict
 
 
+def _provenance(scen) -> str:
+    """Where the failure was reported and what it was confirmed on (a user's own scenario may say neither)."""
+    return " ".join(f"{label}: {text}." for label, text in (("Source", scen.source), ("Confirmed on", scen.confirmed_on)) if text)
+
+
 def _section(scen, result: Comparison, figures: list[str]) -> str:
-    lines = [f"## {scen.name}", "", scen.summary, "", f"Source: {scen.source}. Confirmed on: {scen.confirmed_on}.", "",
+    lines = [f"## {scen.name}", "", scen.summary, "", _provenance(scen), "",
              f"**{tour_verdict(result)}**", "", f"On {result.metric.name}: {result.verdict}.", ""]
     lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines)
-
 
 
 HTML_PAGE = """<!doctype html>
@@ -116,7 +120,7 @@ def _html_section(scen, result: Comparison, figures: list[Path]) -> str:
     notes = result.a.trials[0].notes if result.a.trials else {}
     parts = [f"<section id='{html.escape(scen.name)}'><h2>{html.escape(scen.name)}</h2>",
              f"<p>{html.escape(scen.summary)}</p>",
-             f"<p>Source: {html.escape(scen.source)}. Confirmed on: {html.escape(scen.confirmed_on)}.</p>",
+             f"<p>{html.escape(_provenance(scen))}</p>",
              f"<p class='verdict'>{html.escape(tour_verdict(result))}</p>",
              f"<p>On {html.escape(result.metric.name)}: {html.escape(result.verdict)}.</p>",
              *(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in notes.items()),

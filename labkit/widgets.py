@@ -43,9 +43,12 @@ class Runner:
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.status = w.HTML()
-        self.plot = w.Image(format="png", layout=w.Layout(max_width="900px"))
+        self.plot = w.Image(format="png", layout=w.Layout(max_width="900px", display="none"))
+        self.plot.observe(lambda _: setattr(self.plot.layout, "display", None), "value")  # shown once drawn
         self.table = w.HTML()
-        self.details = w.HTML()
+        self.details = w.HTML(layout=w.Layout(max_height="400px", overflow="auto"))  # stacks can be long
+        for name in ("run_button", "stop_button", "status", "plot", "table", "details"):
+            getattr(self, name).add_class(f"labkit-{name.replace('_', '-')}")  # for the browser test
         self.rows: list[dict[str, Any]] = []
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -103,7 +106,7 @@ class Runner:
             live.show(trial.samples)
         self.rows.append({"run": len(self.rows) + 1, **shown, "outcome": trial.outcome,
                           **{k: round(v, 4) for k, v in trial.metrics.items()}, "error": trial.error or ""})
-        self.table.value = pd.DataFrame(self.rows).set_index("run").to_html()
+        self.table.value = pd.DataFrame(self.rows).to_html(index=False)
         parts = [f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in trial.notes.items()]
         parts += [f"<b>stacks of process {pid}</b><pre>{html.escape(text)}</pre>" for pid, text in trial.stacks.items()]
         self.details.value = "<br>".join(parts)
@@ -123,6 +126,13 @@ def _control(knob: registry.Knob, value: Any, bounds: tuple[float, float] | None
     return w.FloatSlider(value=value, min=low, max=high, step=(high - low) / 100, description=knob.name, style=style)
 
 
+def _box(runner: Runner, controls: list[w.Widget]) -> w.VBox:
+    box = w.VBox([*controls, *runner.outputs])
+    box.add_class("labkit-panel")
+    box.runner = runner
+    return box
+
+
 def panel(
     scenario: str | registry.Scenario,
     knobs: Sequence[str] | None = None,
@@ -132,9 +142,10 @@ def panel(
     variants: Sequence[str] | None = None,
     timeout: float | None = None,
 ) -> w.VBox:
-    """A panel for ``scenario``: controls for ``knobs`` (default: all), starting at ``values``."""
+    """A panel for ``scenario``: controls for ``knobs`` (default: all), starting at the scenario's quick
+    settings (short runs that still fail, kind to a 2-core laptop) updated with ``values``."""
     scen = registry.get(scenario)
-    start = scen.knob_values(values)
+    start = scen.knob_values({**scen.quick, **(values or {})})
     chosen = [k for k in scen.knobs if knobs is None or k.name in knobs]
     controls = {k.name: _control(k, start[k.name], (bounds or {}).get(k.name)) for k in chosen}
     variant = w.Dropdown(options=list(variants or scen.variants), description="variant")
@@ -145,9 +156,7 @@ def panel(
         runner.start(scen, variant.value, {**start, **shown}, shown)
 
     runner.run_button.on_click(on_run)
-    box = w.VBox([w.HBox([variant, runner.buttons]), *controls.values(), *runner.outputs])
-    box.runner = runner
-    return box
+    return _box(runner, [w.HBox([variant, runner.buttons]), *controls.values()])
 
 
 def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None = None) -> w.VBox:
@@ -181,6 +190,4 @@ def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None
     balanced.on_click(fill_balanced)
     runner.run_button.on_click(on_run)
     fill_balanced()
-    box = w.VBox([w.HBox([balanced, skip, steps, runner.buttons]), *pickers.values(), *runner.outputs])
-    box.runner = runner
-    return box
+    return _box(runner, [w.HBox([balanced, skip, steps, runner.buttons]), *pickers.values()])

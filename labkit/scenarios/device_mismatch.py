@@ -148,7 +148,7 @@ def _trial(knobs: dict[str, Any], skip_keys: bool) -> dict[str, Any]:
         placement_only = "meta" in device_map.values()
         notes = {
             "devices": f"{pair} ({pair.why})" if knobs["device_map"] == "balanced"
-            else f"{' + '.join(dict.fromkeys(device_map.values()))} (an edited map)",
+            else f"{' + '.join(dict.fromkeys(device_map.values()))} (a map given row by row)",
             "map": describe(device_map, model),
             "check": "placement: every cache tensor where the map runs its layer (meta holds no numbers)"
             if placement_only else "placement, and the tokens against a one-device run",

@@ -126,4 +126,4 @@ print(mine.verdict.split(" (")[0])
 # %%
 from labkit.widgets import panel
 
-panel("thread-storm", knobs=["workers", "threads"], values=storm.quick)
+panel("thread-storm", knobs=["workers", "threads"])

@@ -181,4 +181,4 @@ sweep.table("tokens_per_s")
 # %%
 from labkit.widgets import panel
 
-panel(race, knobs=["threads", "tokens", "torch_threads"], values=QUICK)
+panel("thread-race", knobs=["threads", "tokens", "torch_threads"])

@@ -237,7 +237,7 @@ else:
 # %%
 from labkit.widgets import panel
 
-panel(threaded, knobs=["devices", "context", "tokens"], values=threaded.quick)
+panel("thread-device", knobs=["devices", "context", "tokens"])
 
 # %% [markdown]
 # ## Moonshot, not done: a virtual multi-GPU dry run

@@ -153,4 +153,4 @@ grid.plot("cpu_s_per_token")
 # %%
 from labkit.widgets import panel
 
-panel(storm, knobs=["workers", "threads", "vocab", "workers_as"], values=QUICK)
+panel("thread-storm", knobs=["workers", "threads", "vocab", "workers_as"])

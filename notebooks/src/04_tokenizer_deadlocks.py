@@ -189,7 +189,9 @@ print(type(caught).__name__, "| the stacks name the waiting line:", "lock.acquir
 # %%
 from labkit.widgets import panel
 
-panel(tok, knobs=["workers", "batch"], timeout=6)
+panel("tokenizer-deadlock", knobs=["workers", "batch"], timeout=6)
 
 # %%
-panel(oom, knobs=["budget_kib", "tokens"], bounds={"budget_kib": (32, 512)}, timeout=15)
+from labkit.widgets import panel
+
+panel("oom-hang", knobs=["budget_kib", "tokens"], bounds={"budget_kib": (32, 512)}, timeout=15)
