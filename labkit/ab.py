@@ -36,10 +36,13 @@ def ratio_ci(
     a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a_arr) == 0 or len(b_arr) == 0 or np.median(a_arr) == 0:
         return math.nan, math.nan, math.nan  # no ratio to speak of (0 requests failed on both sides, say)
+    ratio = float(np.median(b_arr) / np.median(a_arr))
+    if min(len(a_arr), len(b_arr)) < 2:
+        return ratio, math.nan, math.nan  # one value has no spread to resample: a zero-width "interval" would lie
     rng = np.random.default_rng(seed)
     a_med, b_med = _resampled_medians(a_arr, rng, resamples), _resampled_medians(b_arr, rng, resamples)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (float(np.median(b_arr) / np.median(a_arr)), *_interval(b_med / a_med, confidence))
+        return (ratio, *_interval(b_med / a_med, confidence))
 
 
 def paired_ratio_ci(
@@ -74,6 +77,8 @@ def _interval(resampled: np.ndarray, confidence: float) -> tuple[float, float]:
 def verdict(a: str, b: str, metric: Metric, ratio: float, low: float, high: float) -> str:
     if math.isnan(ratio):
         return f"no ratio: {a} has no measurement of {metric.name}, or its median is 0"
+    if math.isnan(low):
+        return f"no verdict from one trial a side ({b}/{a} = {ratio:.2f}, no interval): repeat 3 or more times"
     interval = f"{b}/{a} = {ratio:.2f}, 95% CI [{low:.2f}, {high:.2f}]"
     if low <= 1.0 <= high:
         return f"within noise ({interval})"

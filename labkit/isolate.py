@@ -63,6 +63,7 @@ def run_isolated(
     *,
     timeout: float = 60.0,
     env: Mapping[str, str | None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     on_tick: Callable[[], None] | None = None,
     tick: float = 0.25,
 ) -> Isolated:
@@ -70,6 +71,7 @@ def run_isolated(
 
     ``fn`` may be defined in a notebook: cloudpickle carries it by value. ``env`` is applied on
     top of this process's environment before the child starts (``None`` removes a variable).
+    ``on_start`` gets the child's pid as soon as it exists (a monitor watches that process tree).
     ``on_tick`` runs in this thread every ``tick`` seconds while the child runs, which is how a
     notebook redraws a live plot without a second thread.
     """
@@ -97,6 +99,8 @@ def run_isolated(
             )
         stacks: dict[int, str] = {}
         try:
+            if on_start is not None:
+                on_start(proc.pid)
             finished = _wait(proc, started + timeout, on_tick, tick)
             seconds = time.monotonic() - started
             if not finished:

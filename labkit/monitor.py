@@ -2,10 +2,10 @@
 
 One daemon thread wakes every ``interval`` seconds (10 Hz by default) and reads: per-core CPU %
 (``/proc/stat`` deltas, so it never disturbs ``psutil.cpu_percent``'s shared state), and for the
-process tree under ``root`` (this process and every descendant: an isolated trial and its
-workers) the CPU seconds, OS threads, context switches and RSS; and, through :mod:`labkit.nvml`,
-each GPU's SM utilisation, memory and power. ``benchmarks/monitor_overhead.py`` measures what it
-costs.
+process tree under ``root`` (by default this process and every descendant; a trial's monitor
+watches the trial's own process and its workers) the CPU seconds, OS threads, context switches
+and RSS; and, through :mod:`labkit.nvml`, each GPU's SM utilisation, memory and power.
+``benchmarks/monitor_overhead.py`` measures what it costs.
 """
 
 from __future__ import annotations
@@ -57,14 +57,10 @@ class Monitor:
         self._gpus: nvml.Gpus | None = None
 
     def start(self) -> "Monitor":
-        global _said_no_gpu
         if self._thread is not None:
             raise RuntimeError("this monitor is already running")
         if self.gpu:
-            self._gpus, self.gpu_note = nvml.open_gpus()
-            if self._gpus is None and not _said_no_gpu:
-                log.warning("labkit.monitor: %s; recording CPU only", self.gpu_note)
-                _said_no_gpu = True
+            self._gpus, self.gpu_note = _open_gpus()
         self._root = psutil.Process(self.root or os.getpid())
         self._t0 = time.monotonic()
         self._last_cpu = psutil.cpu_times(percpu=True)
@@ -143,6 +139,8 @@ class Monitor:
             invol += reading[3]
             rss += reading[4]
             count += 1
+        if not count:  # the watched tree has exited (a trial that ended): nothing of it to record
+            return
         gpus = tuple(self._gpus.sample()) if self._gpus is not None else ()
         self.samples.append(
             Sample(time.monotonic() - self._t0, percents, cpu_s, threads, count, vol, invol, rss, gpus)
@@ -151,6 +149,24 @@ class Monitor:
     def to_frame(self) -> pd.DataFrame:
         """Tidy: one row per (time, source, metric); sources are ``cpuN``, ``tree`` and ``gpuN``."""
         return samples_frame(list(self.samples))
+
+
+def _open_gpus() -> tuple[nvml.Gpus | None, str]:
+    """NVML's GPUs; when there are none, say why, once per process, on the ``labkit`` logger."""
+    global _said_no_gpu
+    gpus, note = nvml.open_gpus()
+    if gpus is None and not _said_no_gpu:
+        log.warning("labkit.monitor: %s; recording CPU only", note)
+        _said_no_gpu = True
+    return gpus, note
+
+
+def say_if_no_gpu() -> None:
+    """Say now what the first monitor would say: a notebook kernel prints what a background thread
+    says into whichever cell runs next, so a panel says it in the cell that builds it."""
+    gpus, _ = _open_gpus()
+    if gpus is not None:
+        gpus.close()
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def tour(
         rows.append({
             "scenario": scen.name, "broken": f"{broken}: {result.a.outcome_text()}", "fix": f"{fix}: {result.b.outcome_text()}",
             "metric": result.metric.name, "broken median": _fmt(result.a_median), "fix median": _fmt(result.b_median),
-            "fix/broken": f"{ratio:.2f} [{low:.2f}, {high:.2f}]", "verdict": tour_verdict(result),
+            "fix/broken": f"{ratio:.2f} " + ("(no interval)" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"), "verdict": tour_verdict(result),
         })
         figures = [save(result.plot(), folder / f"{scen.name}-ab.png").name]
         for side in (result.a, result.b):

@@ -127,14 +127,20 @@ def run_trial(
 ) -> Trial:
     var = scenario.get_variant(variant)
     mon = Monitor(gpu=True) if monitor else None
-    if mon is not None:
+
+    def watch(pid: int) -> None:
+        """The trial's own tree, not this process's: a notebook kernel drawing the live plot, or
+        running another cell meanwhile, is not the trial's work."""
+        mon.root = pid
         mon.start()
+
     try:
         result = run_isolated(
             var.fn,
             knobs,
             timeout=timeout or scenario.timeout,
             env={**var.env, **(env or {})},
+            on_start=watch if mon else None,
             on_tick=(lambda: on_tick(mon)) if (on_tick and mon) else None,
         )
     finally:

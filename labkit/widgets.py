@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import scenario as registry
 from .errors import BadInput
+from .monitor import say_if_no_gpu
 from .plots import LivePlot
 from .trial import Trial, run
 
@@ -53,6 +54,7 @@ class Runner:
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.stop_button.on_click(lambda _: self._stop.set())
+        say_if_no_gpu()  # here, not from the run's thread: see its docstring
 
     @property
     def buttons(self) -> w.HBox:
@@ -126,11 +128,23 @@ def _control(knob: registry.Knob, value: Any, bounds: tuple[float, float] | None
     return w.FloatSlider(value=value, min=low, max=high, step=(high - low) / 100, description=knob.name, style=style)
 
 
-def _box(runner: Runner, controls: list[w.Widget]) -> w.VBox:
-    box = w.VBox([*controls, *runner.outputs])
-    box.add_class("labkit-panel")
-    box.runner = runner
-    return box
+class Panel(w.VBox):
+    """The controls and a :class:`Runner`'s outputs, plus a static fallback: a front end that cannot
+    show widgets (GitHub, nbviewer, a JupyterLab without ipywidgets) shows what the panel is and the
+    call that does the same without it, instead of ``VBox(children=...)``."""
+
+    def __init__(self, runner: Runner, controls: list[w.Widget], about: str, call: str):
+        super().__init__([*controls, *runner.outputs])
+        self.add_class("labkit-panel")
+        self.runner, self.about, self.call = runner, about, call
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)  # JupyterLab prefers the widget view to HTML
+        needs = "its controls need a front end with ipywidgets (JupyterLab, Notebook 7, VS Code); without one"
+        bundle["text/plain"] = f"labkit panel: {self.about}; {needs}: {self.call}"
+        bundle["text/html"] = (f"<p><b>labkit panel</b>: {html.escape(self.about)}.</p>"
+                               f"<p>{needs}:</p><pre>{html.escape(self.call)}</pre>")
+        return bundle
 
 
 def panel(
@@ -141,7 +155,7 @@ def panel(
     bounds: Mapping[str, tuple[float, float]] | None = None,
     variants: Sequence[str] | None = None,
     timeout: float | None = None,
-) -> w.VBox:
+) -> Panel:
     """A panel for ``scenario``: controls for ``knobs`` (default: all), starting at the scenario's quick
     settings (short runs that still fail, kind to a 2-core laptop) updated with ``values``."""
     scen = registry.get(scenario)
@@ -156,10 +170,13 @@ def panel(
         runner.start(scen, variant.value, {**start, **shown}, shown)
 
     runner.run_button.on_click(on_run)
-    return _box(runner, [w.HBox([variant, runner.buttons]), *controls.values()])
+    about = (f"{scen.name}, {scen.summary}; settings: {', '.join(controls) or 'none'}; "
+             f"variants: {', '.join(variant.options)}")
+    call = f"labkit.run({scen.name!r}, {variant.value!r}, knobs={ {name: c.value for name, c in controls.items()} !r})"
+    return Panel(runner, [w.HBox([variant, runner.buttons]), *controls.values()], about, call)
 
 
-def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None = None) -> w.VBox:
+def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None = None) -> Panel:
     """The device-mismatch scenario by hand: a device per row, "balanced" from accelerate, skip_keys, Run.
 
     Leave a row blank or put a row after a meta row on another device to see what an invalid map says.
@@ -190,4 +207,7 @@ def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None
     balanced.on_click(fill_balanced)
     runner.run_button.on_click(on_run)
     fill_balanced()
-    return _box(runner, [w.HBox([balanced, skip, steps, runner.buttons]), *pickers.values()])
+    device_map = ",".join(p.value for p in pickers.values())
+    about = f"device-mismatch by hand: a device for each of {', '.join(labels)}, accelerate's balanced plan, skip_keys"
+    call = f"labkit.run('device-mismatch', 'broken', knobs={ {'device_map': device_map, 'tokens': tokens, 'model': model} !r})"
+    return Panel(runner, [w.HBox([balanced, skip, steps, runner.buttons]), *pickers.values()], about, call)

@@ -53,6 +53,13 @@ def test_no_ratio_without_measurements_or_with_a_zero_median(recwarn):
     assert verdict("a", "b", FAST, float("nan"), float("nan"), float("nan")).startswith("no ratio")
 
 
+def test_one_trial_a_side_gives_a_ratio_but_no_interval_and_no_winner():
+    ratio, low, high = ratio_ci([100.0], [200.0])
+    assert ratio == 2.0 and np.isnan(low) and np.isnan(high)
+    said = verdict("a", "b", FAST, ratio, low, high)
+    assert said.startswith("no verdict from one trial a side") and "better" not in said
+
+
 def slow():
     return {"speed": 100 + random.random()}
 

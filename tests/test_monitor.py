@@ -111,3 +111,20 @@ def test_real_nvml_sees_the_gpu():
     with Monitor(interval=0.05) as mon:
         time.sleep(0.2)
     assert (mon.to_frame().source == "gpu0").any()
+
+
+def test_a_trials_monitor_watches_the_trial_not_its_caller(cheap):
+    """A notebook kernel draws the live plot while its trial runs: that work is not the trial's."""
+    import labkit
+
+    def busy_caller(_monitor):
+        start = time.process_time()
+        while time.process_time() - start < 0.1:
+            pass
+
+    trial = labkit.run("test-hang", "broken", timeout=1.5, on_tick=busy_caller).trials[0]
+    tree = trial.samples[trial.samples.source.eq("tree")]
+    assert trial.outcome == "hung"
+    assert set(tree[tree.metric.eq("processes")].value) == {1}  # the trial's process alone, never the caller
+    late = tree[tree.metric.eq("cpu_seconds") & tree.time_s.gt(0.75)].value  # start-up over, the child waits
+    assert late.max() - late.min() < 0.1  # idle, while the caller burnt ~0.3 s of CPU in that time

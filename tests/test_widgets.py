@@ -4,6 +4,7 @@ import time
 
 import psutil
 
+from labkit import monitor, nvml
 from labkit.widgets import device_map_panel, panel
 
 
@@ -43,3 +44,28 @@ def test_an_invalid_device_map_is_a_message_and_nothing_runs():
     runner.run_button.click()
     assert runner.thread is None
     assert "no device for layer 2; every row needs one" in runner.status.value
+
+
+def test_a_missing_gpu_is_said_where_the_panel_is_built_not_from_its_run(cheap, monkeypatch, caplog):
+    """From the run's thread, a notebook kernel would print it into whichever cell runs next."""
+    monkeypatch.setattr(nvml, "open_gpus", lambda: (None, "no GPU here (test)"))
+    monkeypatch.setattr(monitor, "_said_no_gpu", False)
+    with caplog.at_level("WARNING", logger="labkit"):
+        runner = panel("test-count").runner
+        built = [r.threadName for r in caplog.records]
+        runner.run_button.click()
+        runner.thread.join(60)
+    assert built == ["MainThread"] and len(caplog.records) == 1 and "no GPU here" in caplog.text
+
+
+def test_without_a_widget_front_end_a_panel_says_what_it_is_and_the_call_that_does_it(cheap):
+    import labkit
+
+    bundle = panel("test-count")._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # JupyterLab still shows the widget
+    assert "test-count, two counters; settings: items" in bundle["text/html"]
+    call = bundle["text/plain"].split("without one: ", 1)[1]
+    assert call == "labkit.run('test-count', 'slow', knobs={'items': 100})"
+    assert eval(call, {"labkit": labkit}).trials[0].outcome == "ok"  # the advice works
+    device_map = device_map_panel()._repr_mimebundle_()["text/plain"]
+    assert "device_map': 'cpu,cpu," in device_map and "labkit.run('device-mismatch', 'broken'" in device_map
