@@ -48,10 +48,14 @@ def tour(
         result = compare(scen, broken, fix, repeats=repeats, knobs=scen.quick if quick else None, progress=progress)
         comparisons.append(result)
         ratio, low, high = result.interval
+        if math.isnan(ratio):  # a side that never finished (hung, raised at step 0) has nothing to divide
+            fix_over_broken = "no ratio"
+        else:
+            fix_over_broken = f"{ratio:.2f} " + ("(no interval)" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]")
         rows.append({
             "scenario": scen.name, "broken": f"{broken}: {result.a.outcome_text()}", "fix": f"{fix}: {result.b.outcome_text()}",
             "metric": result.metric.name, "broken median": _fmt(result.a_median), "fix median": _fmt(result.b_median),
-            "fix/broken": f"{ratio:.2f} " + ("(no interval)" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"), "verdict": tour_verdict(result),
+            "fix/broken": fix_over_broken, "verdict": tour_verdict(result),
         })
         figures = [save(result.plot(), folder / f"{scen.name}-ab.png").name]
         for side in (result.a, result.b):
