@@ -32,9 +32,12 @@ def _knob_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return knobs
 
 
+TIMEOUT_HELP = "seconds before a trial counts as hung (default: the scenario's)"
+
+
 def _add_trial_options(p: argparse.ArgumentParser, repeats: int) -> None:
     p.add_argument("--repeats", type=int, default=repeats, help=f"isolated trials per variant (default {repeats})")
-    p.add_argument("--timeout", type=float, default=None, help="seconds before a trial counts as hung (default: the scenario's)")
+    p.add_argument("--timeout", type=float, default=None, help=TIMEOUT_HELP)
     p.add_argument("--threads", type=int, default=None, help="the scenario's 'threads' knob")
     p.add_argument("--set", action="append", metavar="KNOB=VALUE", help="any other knob (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--repeats", type=int, default=3)
     tour.add_argument("--quick", action="store_true", help="each scenario's fast settings (same failures, shorter runs)")
     tour.add_argument("--only", action="append", metavar="SCENARIO", help="run only this scenario (repeatable)")
+    tour.add_argument("--timeout", type=float, default=None, help=TIMEOUT_HELP)
     sub.add_parser("doctor", help="cores, thread pools, variables, devices, versions")
     return parser
 
@@ -135,7 +139,7 @@ def _wide_pandas():
 def _tour(args: argparse.Namespace) -> int:
     from .tour import tour
 
-    report = tour(args.out, repeats=args.repeats, quick=args.quick, only=args.only, progress=True)
+    report = tour(args.out, repeats=args.repeats, quick=args.quick, only=args.only, timeout=args.timeout, progress=True)
     with _wide_pandas():
         print(report.table.to_string(index=False))
     print(f"report written to {report.folder}")

@@ -22,6 +22,7 @@ from .ab import Comparison, compare
 from .environment import doctor
 from .plots import monitor_figure, save
 from .scenario import all_scenarios, get
+from .trial import check_repeats_timeout
 
 
 @dataclass
@@ -33,10 +34,12 @@ class TourReport:
 
 def tour(
     out: str | Path = "labkit-report", *, repeats: int = 3, quick: bool = False, only: list[str] | None = None,
-    progress: bool = False,
+    timeout: float | None = None, progress: bool = False,
 ) -> TourReport:
     """Compare each scenario's broken variant with its main fix; ``quick`` uses each scenario's
-    fast settings (shorter runs that still show the failure); ``only`` names the scenarios to run."""
+    fast settings (shorter runs that still show the failure); ``only`` names the scenarios to run;
+    ``timeout`` replaces each scenario's own (a hung trial lasts that long)."""
+    check_repeats_timeout(repeats, timeout)
     chosen = [get(name) for name in only] if only else all_scenarios()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,7 +48,8 @@ def tour(
         broken, fix = scen.broken_variant, scen.main_fix
         if broken is None or fix is None:
             continue
-        result = compare(scen, broken, fix, repeats=repeats, knobs=scen.quick if quick else None, progress=progress)
+        result = compare(scen, broken, fix, repeats=repeats, knobs=scen.quick if quick else None, timeout=timeout,
+                         progress=progress)
         comparisons.append(result)
         ratio, low, high = result.interval
         if math.isnan(ratio):  # a side that never finished (hung, raised at step 0) has nothing to divide

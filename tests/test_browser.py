@@ -2,8 +2,8 @@
 
 For each notebook the test opens it in JupyterLab, runs its Play cells (each builds a panel and runs on
 its own), presses the first panel's Run, and checks that the panel's plot image changed while the
-trial ran and its results table gained a row. Screenshots land in ``test-artifacts/browser/`` (``LABKIT_ARTIFACTS`` moves them).
-nbval runs every cell of every notebook in the same suite; running them all again here would double
+trial ran and its results table gained a row. Screenshots land in ``test-artifacts/browser/``
+(``LABKIT_ARTIFACTS`` moves them). nbval runs every cell of every notebook in the same suite; running them all again here would double
 the notebooks' share of CI for no new check of the front end.
 
 Needs Debian's ``chromium`` (``apt install chromium``; Playwright cannot download a browser here) and

@@ -31,6 +31,7 @@ def test_list_names_every_scenario_and_variant(capsys):
         (["run", "thread-storm", "--variant", "broken", "--set", "workers"], "--set takes KNOB=VALUE"),
         (["run", "thread-storm", "--variant", "broken", "--repeats", "0"], "repeats must be at least 1"),
         (["compare", "thread-storm", "broken", "one-thread", "--metric", "joy"], "unknown metric 'joy'"),
+        (["tour", "--timeout", "0", "--out", "/nonexistent/never-made"], "timeout must be a positive number"),
         (["run", "thread-storm"], "the following arguments are required: --variant"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
@@ -89,7 +90,7 @@ def test_doctor_reports_pools_and_variables(capsys):
 
 
 def test_tour_writes_a_report(tmp_path, capsys, cheap):
-    code, out, _ = run_cli(capsys, "tour", "--quick", "--repeats", "1", "--out", str(tmp_path),
+    code, out, _ = run_cli(capsys, "tour", "--quick", "--repeats", "1", "--out", str(tmp_path), "--timeout", "4",
                            "--only", "test-count", "--only", "tokenizer-deadlock")
     assert code == 0 and "test-count" in out and "tokenizer-deadlock" in out
     files = {p.name for p in tmp_path.iterdir()}

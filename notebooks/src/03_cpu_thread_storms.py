@@ -127,11 +127,12 @@ as_threads = labkit.run(storm, "broken", knobs={**QUICK, "workers_as": "threads"
 #
 # Each point is a fresh process with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set before it starts
 # (they only act at start-up) and the broken variant's `threads` knob at the same value. Quick mode
-# sweeps threads 1, 2, 4 and workers 1, 4; set `FULL = True` for threads 1, 2, 4, 8 and workers 1, 2, 4.
+# sweeps threads 1, 2 (the default here) and workers 1, 4: the storm needs both, several workers that
+# each bring a team of threads. Set `FULL = True` for threads 1, 2, 4, 8 and workers 1, 2, 4.
 
 # %%
 FULL = False
-threads, workers = ([1, 2, 4, 8], [1, 2, 4]) if FULL else ([1, 2, 4], [1, 4])
+threads, workers = ([1, 2, 4, 8], [1, 2, 4]) if FULL else ([1, 2], [1, 4])
 grid = labkit.sweep(
     storm, "broken", {"threads": threads, "workers": workers}, knobs={**QUICK, "tokens": 2},
     env=lambda k: {"OMP_NUM_THREADS": str(k["threads"]), "MKL_NUM_THREADS": str(k["threads"])},
