@@ -37,8 +37,8 @@ def ratio_ci(
     if len(a_arr) == 0 or len(b_arr) == 0 or np.median(a_arr) == 0:
         return math.nan, math.nan, math.nan  # no ratio to speak of (0 requests failed on both sides, say)
     ratio = float(np.median(b_arr) / np.median(a_arr))
-    if min(len(a_arr), len(b_arr)) < 2:
-        return ratio, math.nan, math.nan  # one value has no spread to resample: a zero-width "interval" would lie
+    if not _resamplable(a_arr, b_arr):
+        return ratio, math.nan, math.nan
     rng = np.random.default_rng(seed)
     a_med, b_med = _resampled_medians(a_arr, rng, resamples), _resampled_medians(b_arr, rng, resamples)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -56,8 +56,15 @@ def paired_ratio_ci(
     ratios = np.asarray(b, dtype=float) / np.asarray(a, dtype=float)
     if len(ratios) == 0:
         return math.nan, math.nan, math.nan
+    if not _resamplable(ratios):
+        return float(np.median(ratios)), math.nan, math.nan
     medians = _resampled_medians(ratios, np.random.default_rng(seed), resamples)
     return (float(np.median(ratios)), *_interval(medians, confidence))
+
+
+def _resamplable(*samples: np.ndarray) -> bool:
+    """One value has no spread to resample: its "interval" would have zero width, a false certainty."""
+    return min(len(sample) for sample in samples) >= 2
 
 
 def _resampled_medians(values: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:

@@ -194,20 +194,22 @@ def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None
     steps = w.IntSlider(value=tokens, min=2, max=16, description="tokens", style=STYLE)
     runner = Runner(timeout)
 
+    def chosen_map() -> str:
+        return ",".join(p.value for p in pickers.values())
+
     def fill_balanced(_=None):
         device_map = balanced_map(skeleton, device_pair())
         for label, module in labels.items():
             pickers[label].value = device_map[module]
 
     def on_run(_):
-        device_map = ",".join(p.value for p in pickers.values())
+        device_map = chosen_map()
         runner.start("device-mismatch", "skip-keys" if skip.value else "broken",
                      {"device_map": device_map, "tokens": steps.value, "model": model}, {"device_map": device_map})
 
     balanced.on_click(fill_balanced)
     runner.run_button.on_click(on_run)
     fill_balanced()
-    device_map = ",".join(p.value for p in pickers.values())
     about = f"device-mismatch by hand: a device for each of {', '.join(labels)}, accelerate's balanced plan, skip_keys"
-    call = f"labkit.run('device-mismatch', 'broken', knobs={ {'device_map': device_map, 'tokens': tokens, 'model': model} !r})"
+    call = f"labkit.run('device-mismatch', 'broken', knobs={ {'device_map': chosen_map(), 'tokens': tokens, 'model': model} !r})"
     return Panel(runner, [w.HBox([balanced, skip, steps, runner.buttons]), *pickers.values()], about, call)

@@ -58,6 +58,8 @@ def test_one_trial_a_side_gives_a_ratio_but_no_interval_and_no_winner():
     assert ratio == 2.0 and np.isnan(low) and np.isnan(high)
     said = verdict("a", "b", FAST, ratio, low, high)
     assert said.startswith("no verdict from one trial a side") and "better" not in said
+    ratio, low, high = paired_ratio_ci([10.0], [12.0])
+    assert ratio == 1.2 and np.isnan(low) and np.isnan(high)
 
 
 def slow():
