@@ -172,7 +172,8 @@ def panel(
     runner.run_button.on_click(on_run)
     about = (f"{scen.name}, {scen.summary}; settings: {', '.join(controls) or 'none'}; "
              f"variants: {', '.join(variant.options)}")
-    call = f"labkit.run({scen.name!r}, {variant.value!r}, knobs={ {name: c.value for name, c in controls.items()} !r})"
+    same = {**scen.quick, **(values or {}), **{name: c.value for name, c in controls.items()}}  # what Run runs
+    call = f"labkit.run({scen.name!r}, {variant.value!r}, knobs={same!r})"
     return Panel(runner, [w.HBox([variant, runner.buttons]), *controls.values()], about, call)
 
 

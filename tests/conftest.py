@@ -45,7 +45,7 @@ def cheap(monkeypatch):
     hang = Scenario("test-hang", summary="a lock taken twice", metrics=(Metric("x", "1"),), timeout=30)
     hang.variant("broken", broken=True)(locks_up)
     count = Scenario("test-count", summary="two counters", metrics=(Metric("items_per_s", "1/s"),),
-                     knobs=(positive("items", 100, "items"),), main_fix="fast")
+                     knobs=(positive("items", 100, "items"),), main_fix="fast", quick={"items": 10})
     count.variant("slow", broken=True)(counts_slow)
     count.variant("fast")(counts_fast)
     for scen in (hang, count):

@@ -172,13 +172,29 @@ def _wait(condition, timeout: float, what, poll: float = 0.25):
 
 
 def _scratch_cell(page, cell, code: str):
-    """Add a cell under ``cell`` and run ``code`` in it; its output area."""
-    cell.locator(".jp-InputPrompt").click()  # command mode, this cell selected
-    page.keyboard.press("b")
-    page.keyboard.press("Enter")
+    """Add a cell under ``cell``, type ``code`` into it and run it; its output area.
+
+    Each step waits for the page to show that it took: a key pressed before JupyterLab has moved focus
+    is lost without a sign, and the cell would run empty."""
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    count = cells.count()
+    for _ in range(3):  # command mode on this cell, then "b": a new cell below
+        cell.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Escape")
+        page.keyboard.press("b")
+        try:
+            _wait(lambda: cells.count() > count, 5, "a new cell")
+            break
+        except AssertionError:
+            continue
+    scratch = cell.locator("xpath=following-sibling::*[1]")
+    editor = scratch.locator(".jp-InputArea-editor")
+    editor.click()
+    _wait(lambda: scratch.locator(".cm-focused").count(), 10, "the new cell's editor to take the keyboard")
     page.keyboard.type(code)
+    _wait(lambda: code in editor.inner_text(), 10, lambda: f"the typed code in the new cell (it holds {editor.inner_text()!r})")
     page.keyboard.press("Control+Enter")
-    return cell.locator("xpath=following-sibling::*[1]").locator(".jp-OutputArea-output")
+    return scratch.locator(".jp-OutputArea-output")
 
 
 def _press_run(page, cell) -> dict:

@@ -65,7 +65,9 @@ def test_without_a_widget_front_end_a_panel_says_what_it_is_and_the_call_that_do
     assert "application/vnd.jupyter.widget-view+json" in bundle  # JupyterLab still shows the widget
     assert "test-count, two counters; settings: items" in bundle["text/html"]
     call = bundle["text/plain"].split("without one: ", 1)[1]
-    assert call == "labkit.run('test-count', 'slow', knobs={'items': 100})"
+    assert call == "labkit.run('test-count', 'slow', knobs={'items': 10})"  # the quick settings a panel starts at
+    hidden = panel("test-count", knobs=[])._repr_mimebundle_()["text/plain"]  # ... shown or not
+    assert hidden.endswith("knobs={'items': 10})")
     assert eval(call, {"labkit": labkit}).trials[0].outcome == "ok"  # the advice works
     device_map = device_map_panel()._repr_mimebundle_()["text/plain"]
     assert "device_map': 'cpu,cpu," in device_map and "labkit.run('device-mismatch', 'broken'" in device_map

@@ -58,7 +58,7 @@ storm = register(
         ),
         main_fix="one-thread",
         timeout=180.0,
-        quick={"tokens": 4},
+        quick={"tokens": 2},
     )
 )
 
