@@ -178,15 +178,17 @@ def _scratch_cell(page, cell, code: str):
     is lost without a sign, and the cell would run empty."""
     cells = page.locator(".jp-Notebook .jp-Cell")
     count = cells.count()
-    for _ in range(3):  # command mode on this cell, then "b": a new cell below
+
+    def add_below() -> bool:  # command mode on this cell, then "b"; again if no cell came within 5 s
         cell.locator(".jp-InputPrompt").click()
         page.keyboard.press("Escape")
         page.keyboard.press("b")
-        try:
-            _wait(lambda: cells.count() > count, 5, "a new cell")
-            break
-        except AssertionError:
-            continue
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and cells.count() == count:
+            time.sleep(0.1)
+        return cells.count() > count
+
+    _wait(add_below, 15, "a new cell under the panel's cell")
     scratch = cell.locator("xpath=following-sibling::*[1]")
     editor = scratch.locator(".jp-InputArea-editor")
     editor.click()
