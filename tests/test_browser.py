@@ -171,6 +171,22 @@ def _wait(condition, timeout: float, what, poll: float = 0.25):
     raise AssertionError(f"waited {timeout:.0f} s for {what() if callable(what) else what}")
 
 
+def _execute(page, cell) -> None:
+    """Ctrl+Enter on the active ``cell``, again while its prompt has not changed (to ``[*]``, which
+    JupyterLab shows before the kernel is even asked): a key pressed during a re-render can be lost."""
+    prompt = cell.locator(".jp-InputPrompt")
+    before = prompt.inner_text()
+
+    def started() -> bool:
+        page.keyboard.press("Control+Enter")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and prompt.inner_text() == before:
+            time.sleep(0.05)
+        return prompt.inner_text() != before
+
+    _wait(started, 15, f"the cell to start running (its prompt stayed {before!r})")
+
+
 def _scratch_cell(page, cell, code: str):
     """Add a cell under ``cell``, type ``code`` into it and run it; its output area.
 
@@ -195,7 +211,7 @@ def _scratch_cell(page, cell, code: str):
     _wait(lambda: scratch.locator(".cm-focused").count(), 10, "the new cell's editor to take the keyboard")
     page.keyboard.type(code)
     _wait(lambda: code in editor.inner_text(), 10, lambda: f"the typed code in the new cell (it holds {editor.inner_text()!r})")
-    page.keyboard.press("Control+Enter")
+    _execute(page, scratch)
     return scratch.locator(".jp-OutputArea-output")
 
 
@@ -240,7 +256,7 @@ def test_notebook_panels_in_the_browser(notebook, lab, browser, artifacts):
             cell = play.nth(i)
             cell.locator(".jp-InputArea-editor").click()
             _wait(lambda: "jp-mod-active" in (cell.get_attribute("class") or ""), 10, "the Play cell to be active")
-            page.keyboard.press("Control+Enter")
+            _execute(page, cell)
             box, error = cell.locator(".labkit-panel"), cell.locator("[data-mime-type*='error']")
             _wait(lambda: box.count() or error.count(), RUN_TIMEOUT_S, f"the panel of {notebook}'s Play cell {i + 1}")
             assert not error.count(), error.first.inner_text()
@@ -282,7 +298,7 @@ def test_a_cells_live_plot_moves_while_the_trial_runs(lab, browser, artifacts):
         cell.wait_for(timeout=90_000)
         _wait(lambda: lab.kernel_state("live.ipynb") == "idle", 90, "the kernel to start")
         cell.locator(".jp-InputArea-editor").click()
-        page.keyboard.press("Control+Enter")
+        _execute(page, cell)
         picture, seen = cell.locator(".jp-OutputArea-output img"), []
 
         def finished():
