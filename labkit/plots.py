@@ -3,12 +3,14 @@
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot, so no global state and no GUI
 backend) and shown in notebooks as PNGs through an updatable display handle. That is why the live
 plot redraws from the cell that runs the trial, where an ipympl figure created in the same cell as
-its update loop would not; outside a notebook the same figure is saved as a static PNG.
+its update loop would not. With no front end (a script, a terminal) the live plot becomes a line of
+text per redraw, and the same figure can be saved as a static PNG.
 """
 
 from __future__ import annotations
 
 import io
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,6 +162,19 @@ def _show_figures_inline() -> None:
 _show_figures_inline()
 
 
+def status_line(samples: pd.DataFrame, title: str = "") -> str:
+    """The latest reading of each series as one line: what a terminal gets instead of the figure."""
+    latest = samples.sort_values("time_s").groupby(["source", "metric"])["value"].last()
+    cores = [v for (source, metric), v in latest.items() if source.startswith("cpu") and metric == "cpu_percent"]
+    parts = [f"{title or 'trial'} at {samples['time_s'].max():.1f} s",
+             f"machine {np.mean(cores):.0f}% busy ({len(cores)} cores)" if cores else "machine: no reading yet"]
+    if ("tree", "threads") in latest:
+        parts.append(f"trial {latest.get(('tree', 'cpu_percent'), 0.0) / 100:.1f} cores, "
+                     f"{latest[('tree', 'threads')]:.0f} threads, {latest[('tree', 'rss')] / 2**20:.0f} MiB")
+    parts += [f"{source} {v:.0f}% SM" for (source, metric), v in latest.items() if metric == "sm_percent"]
+    return " | ".join(parts)
+
+
 class LivePlot:
     """Redraw the monitor figure in place while a trial runs: pass it as ``on_tick``.
 
@@ -167,10 +182,11 @@ class LivePlot:
     every ``every`` seconds; leave it out when the numbers matter more than the picture.
     """
 
-    def __init__(self, title: str = "", every: float = 1.0, image=None):
+    def __init__(self, title: str = "", every: float = 1.0, image=None, path: str | Path | None = None):
         """``image``: an ``ipywidgets.Image`` to draw into (from any thread, as panels do); else a
-        display handle in the current cell; else, with no front end, nothing."""
-        self.title, self.every, self.image = title, every, image
+        display handle in the current cell; else, with no front end, a :func:`status_line` per redraw
+        on stderr. ``path``: also save the final figure there as a PNG (:meth:`show`)."""
+        self.title, self.every, self.image, self.path = title, every, image, path
         self._last = 0.0
         self._handle = None
         if image is None and in_notebook():
@@ -179,16 +195,36 @@ class LivePlot:
             self._handle = display(f"{title}: waiting for the first samples...", display_id=True)
 
     def __call__(self, monitor: "Monitor") -> None:
-        if (self._handle is None and self.image is None) or time.monotonic() - self._last < self.every:
+        if time.monotonic() - self._last < self.every:
             return
-        self.show(monitor.to_frame(), monitor.gpu_note)
+        self._last = time.monotonic()
+        samples = monitor.to_frame()
+        if samples.empty:
+            return
+        if self._on_screen:
+            self._draw(monitor_figure(samples, self.title, monitor.gpu_note))
+        else:
+            print(status_line(samples, self.title), file=sys.stderr, flush=True)
 
     def show(self, samples: pd.DataFrame, gpu_note: str = "") -> None:
-        """Draw ``samples`` now (also the final picture once the trial is over)."""
+        """Draw ``samples`` now: the final picture once the trial is over, saved to ``path`` if given."""
         self._last = time.monotonic()
-        if (self._handle is None and self.image is None) or samples.empty:
+        if samples.empty or not (self._on_screen or self.path):
             return
-        picture = png(monitor_figure(samples, self.title, gpu_note))
+        fig = monitor_figure(samples, self.title, gpu_note)
+        if self.path is not None:
+            where = save(fig, self.path)
+            if not self._on_screen:
+                print(f"{self.title or 'trial'}: figure saved to {where}", file=sys.stderr, flush=True)
+        if self._on_screen:
+            self._draw(fig)
+
+    @property
+    def _on_screen(self) -> bool:
+        return self._handle is not None or self.image is not None
+
+    def _draw(self, fig: Figure) -> None:
+        picture = png(fig)
         if self.image is not None:
             self.image.value = picture
         else:

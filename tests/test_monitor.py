@@ -128,3 +128,16 @@ def test_a_trials_monitor_watches_the_trial_not_its_caller(cheap):
     assert set(tree[tree.metric.eq("processes")].value) == {1}  # the trial's process alone, never the caller
     late = tree[tree.metric.eq("cpu_seconds") & tree.time_s.gt(0.75)].value  # start-up over, the child waits
     assert late.max() - late.min() < 0.1  # idle, while the caller burnt ~0.3 s of CPU in that time
+
+
+def test_with_no_front_end_a_live_plot_prints_a_line_per_redraw_and_saves_its_figure(cheap, tmp_path, capsys):
+    from labkit import LivePlot, run
+
+    live = LivePlot("test-hang / broken", every=0, path=tmp_path / "live.png")
+    trial = run("test-hang", "broken", timeout=1.5, on_tick=live).trials[0]  # a trial that lasts: it hangs
+    live.show(trial.samples)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("test-hang / broken at ")]
+    assert lines and "% busy (" in lines[-1] and " threads, " in lines[-1], err
+    assert f"figure saved to {tmp_path / 'live.png'}" in err
+    assert (tmp_path / "live.png").read_bytes()[:4] == b"\x89PNG"
