@@ -4,7 +4,9 @@ When the time is up, a timer thread records every thread's Python stack, then in
 watched thread: the main thread (a notebook cell) gets a real SIGINT, which also wakes a blocked
 ``lock.acquire()``, ``queue.get()`` or ``time.sleep()``; another thread gets an asynchronous
 exception at its next bytecode. Either way the block ends with :class:`WatchdogTimeout` and the
-kernel lives on. What it cannot stop is native code that holds the GIL and never returns: then no
+kernel lives on. Where the main thread's SIGINT is ignored (a shell's background job inherits that)
+or left to the OS default (which would end the process), the block gets Python's own handler
+while it runs, and the old disposition back after. What it cannot stop is native code that holds the GIL and never returns: then no
 Python runs at all, and only a child process (:func:`labkit.run_isolated`) can be killed.
 """
 
@@ -47,6 +49,9 @@ class watchdog(contextlib.ContextDecorator):
 
     def __enter__(self) -> "watchdog":
         self._target = threading.get_ident()
+        self._restore = None
+        if self._target == threading.main_thread().ident and signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+            self._restore = signal.signal(signal.SIGINT, signal.default_int_handler)
         self._lock = threading.Lock()
         self._inside, self._fired, self.stacks = True, False, ""
         self._timer = threading.Timer(self.seconds, self._fire)
@@ -69,10 +74,14 @@ class watchdog(contextlib.ContextDecorator):
         with self._lock:
             self._inside = False
         self._timer.cancel()
-        if not self._fired:
-            return False
-        if exc_type is not KeyboardInterrupt:
-            _absorb_pending_interrupt()  # the block ended just as the time ran out
+        try:
+            if not self._fired:
+                return False
+            if exc_type is not KeyboardInterrupt:
+                _absorb_pending_interrupt()  # the block ended just as the time ran out
+        finally:
+            if self._restore is not None:
+                signal.signal(signal.SIGINT, self._restore)
         raise WatchdogTimeout(f"no progress within {self.seconds:g} s; every thread's stack is in .stacks:\n{self.stacks}",
                               self.stacks) from None
 
