@@ -1,10 +1,11 @@
 """The notebooks as a person uses them: JupyterLab in a real Chromium, driven by Playwright.
 
 For each notebook the test opens it in JupyterLab, runs its Play cells (each builds a panel and runs on
-its own), presses the first panel's Run, and checks that the panel's plot image changed while the
-trial ran and its results table gained a row. Screenshots land in ``test-artifacts/browser/``
-(``LABKIT_ARTIFACTS`` moves them). nbval runs every cell of every notebook in the same suite; running them all again here would double
-the notebooks' share of CI for no new check of the front end.
+its own), presses the first panel's Run (not in 00: its panel runs 03's scenario), and checks that the
+panel's plot image changed while the trial ran and its results table gained a row. Screenshots land in
+``test-artifacts/browser/`` (``LABKIT_ARTIFACTS`` moves them). nbval runs every cell of every notebook
+in the same suite; running them all again here would double the notebooks' share of CI for no new check
+of the front end.
 
 Needs Debian's ``chromium`` (``apt install chromium``; Playwright cannot download a browser here) and
 the ``test`` extra (playwright, jupyterlab). Without them the test skips, unless
@@ -39,6 +40,7 @@ SETTINGS = {  # every cell in the DOM (no virtual scrolling), no news toast over
 }
 PLAY_CELL = "panel("  # the cells that build a panel; each imports what it needs
 HANGS = {"04_tokenizer_deadlocks.ipynb"}  # its first panel's default settings hang (broken tokenizer fork)
+RUN_ELSEWHERE = {"00_tour.ipynb"}  # its panel is 03's first (thread-storm, broken): that one's Run is pressed
 RUN_TIMEOUT_S = 180  # one panel cell (first import of torch in a fresh kernel) or one trial
 
 pytestmark = pytest.mark.browser
@@ -262,10 +264,12 @@ def test_notebook_panels_in_the_browser(notebook, lab, browser, artifacts):
             assert not error.count(), error.first.inner_text()
             assert "ipywidgets" not in cell.locator(".jp-OutputArea").inner_text()  # the widget, not its fallback
             assert box.locator(".labkit-run-button").is_enabled()
-            if i == 0:  # every panel runs through the same Runner: one Run per notebook covers it
+            if i == 0 and notebook not in RUN_ELSEWHERE:  # every panel runs through the same Runner
                 run = _press_run(page, cell)
             box.screenshot(path=str(artifacts / f"{Path(notebook).stem}-panel{i + 1}.png"))
         print(notebook, json.dumps(run, indent=1))
+        if notebook in RUN_ELSEWHERE:
+            return
         assert run["rows"] == 1, run
         assert run["pictures"] >= 2, f"the plot did not move during the run: {run}"  # live, then final
         assert "Error" not in run["status"], run  # a finished trial reports its outcome, not an exception
