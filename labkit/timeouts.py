@@ -1,13 +1,14 @@
 """``with labkit.watchdog(seconds=30): ...``: a hang in your own code becomes an error, with stacks.
 
-When the time is up, a timer thread records every thread's Python stack, then interrupts the
-watched thread: the main thread (a notebook cell) gets a real SIGINT, which also wakes a blocked
+When the time is up, a timer thread records every thread's Python stack, then interrupts the watched
+thread: the main thread (a notebook cell) gets a real SIGINT, which also wakes a blocked
 ``lock.acquire()``, ``queue.get()`` or ``time.sleep()``; another thread gets an asynchronous
 exception at its next bytecode. Either way the block ends with :class:`WatchdogTimeout` and the
 kernel lives on. Where the main thread's SIGINT is ignored (a shell's background job inherits that)
-or left to the OS default (which would end the process), the block gets Python's own handler
-while it runs, and the old disposition back after. What it cannot stop is native code that holds the GIL and never returns: then no
-Python runs at all, and only a child process (:func:`labkit.run_isolated`) can be killed.
+or left to the OS default (which would end the process), the block gets Python's own handler while
+it runs, and the old disposition back after. What it cannot stop is native code that holds the GIL
+and never returns: then no Python runs at all, and only a child process
+(:func:`labkit.run_isolated`) can be killed.
 """
 
 from __future__ import annotations
