@@ -1,8 +1,9 @@
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from labkit import Metric, Scenario
+from labkit import Metric, Scenario, run
 from labkit import scenario as registry
 from labkit.scenario import positive
 
@@ -22,6 +23,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def side_by_side():
+    """``side_by_side(scenario, variants, **kwargs)``: one isolated trial per variant, two at a time.
+
+    Each trial's start-up (about 6 s of imports) runs on one core, so on 2 cores two trials take the
+    time of one. For checks of outcomes only: trials that share the cores have timings that mean
+    nothing, and no test that uses this looks at them."""
+
+    def trials(scenario: str, variants: list[str], **kwargs) -> dict:
+        with ThreadPoolExecutor(2) as pool:
+            return dict(zip(variants, pool.map(lambda v: run(scenario, v, monitor=False, **kwargs).trials[0], variants)))
+
+    return trials
 
 
 def locks_up():

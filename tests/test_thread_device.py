@@ -18,10 +18,9 @@ def test_broken_fails_every_trial(context):
         assert t.notes["context"] == context
 
 
-@pytest.mark.parametrize("variant", ["explicit-device", "same-thread"])
-def test_both_fixes_decode_every_step(variant):
-    (t,) = run("thread-device", variant, knobs=QUICK, monitor=False).trials
-    assert (t.outcome, t.error, t.metrics["steps_completed"]) == ("ok", None, 3)
+def test_both_fixes_decode_every_step(side_by_side):
+    for variant, t in side_by_side("thread-device", ["explicit-device", "same-thread"], knobs=QUICK).items():
+        assert (t.outcome, t.error, t.metrics["steps_completed"]) == ("ok", None, 3), variant
 
 
 def test_bad_settings_are_refused():

@@ -13,9 +13,8 @@ QUICK = {"workers": 2, "tokens": 2, "vocab": 4096, "batch": 2}
 
 
 @pytest.fixture(scope="module")
-def trials():
-    return {v: run("thread-storm", v, knobs=QUICK, monitor=False).trials[0]
-            for v in ("broken", "one-thread", "threadpool-limits", "bounded-pool")}
+def trials(side_by_side):
+    return side_by_side("thread-storm", ["broken", "one-thread", "threadpool-limits", "bounded-pool"], knobs=QUICK)
 
 
 @pytest.mark.parametrize("variant", ["broken", "one-thread", "threadpool-limits", "bounded-pool"])
