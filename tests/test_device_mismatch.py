@@ -78,9 +78,27 @@ def test_the_placement_check_catches_a_cache_in_the_wrong_place():
     assert device_mismatch._execution_device("cpu", "cuda:0") == "cuda:0"
 
 
+def test_a_run_that_completes_with_a_misplaced_cache_is_wrong(monkeypatch):
+    """The trial's own code, in this process, with one misplacement planted after step 1."""
+    calls = []
+
+    def misplaced_once(past, device_map, main):
+        calls.append(1)
+        if len(calls) == 1:
+            raise WrongResult("layer 1's cache is on cpu, but the map runs layer 1 on meta (planted)")
+
+    monkeypatch.setattr(device_mismatch, "check_cache_placement", misplaced_once)
+    knobs = get("device-mismatch").knob_values(QUICK)
+    with pytest.raises(WrongResult, match=r"^after step 1, layer 1's cache .* \(planted\)") as caught:
+        device_mismatch.skip_keys(**knobs)
+    assert caught.value.metrics["steps_completed"] == 3  # every step ran: only the watch saw it
+
+
 @pytest.mark.gpu
 def test_on_gpus_broken_raises_torchs_own_mismatch_and_skip_keys_matches_one_device():
     broken = run("device-mismatch", "broken", knobs=QUICK, monitor=False).trials[0]
     assert "Expected all tensors to be on the same device" in broken.error, broken.error
+    # the top hook brought the whole cache back to the main device with step 1's outputs
+    assert broken.notes["misplaced"].startswith("after step 1, layer "), broken.notes
     fixed = run("device-mismatch", "skip-keys", knobs={"tokens": 8}, monitor=False).trials[0]
     assert fixed.outcome == "ok", fixed.error  # tokens equal to a one-device CPU run

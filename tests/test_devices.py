@@ -56,3 +56,14 @@ def test_placement_check_stops_what_meta_kernels_let_through():
     for h in handles:
         h.remove()
     embed(ids)
+
+
+def test_fake_tensors_on_two_gpus_raise_torchs_mismatch_on_a_cpu_build():
+    """What notebook 02's dry-run cell shows; a CUDA build checks the device numbers against its GPUs."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    if torch.version.cuda is not None:
+        pytest.skip("a CUDA build: fake cuda:1 needs a real second GPU")
+    with FakeTensorMode(), pytest.raises(RuntimeError, match="found at least two devices, cuda:0 and cuda:1"):
+        torch.cat([torch.empty(2, device="cuda:0"), torch.empty(2, device="cuda:1")])

@@ -6,9 +6,11 @@ Source: ``shared/seeds/001`` (Qwen3 split over GPUs with accelerate's ``init_emp
 PR 28051 shows the error it prevents (``torch.cat`` in the cache update, ``cuda:0 and cuda:1``).
 
 The mechanism: ``dispatch_model`` puts a hook on the top module that moves every input to the main
-device, the past key/values included unless their key is skipped. From the 2nd step on, the cache
-of the layers on the other device comes back on the main device, and those layers then join their
-new keys to it: two devices in one ``torch.cat``.
+device and every output back to where the inputs were, the past key/values included unless their
+key is skipped. So after step 1 the cache of the layers on the other device is on the main device,
+and on step 2 those layers join their new keys to it: two devices in one ``torch.cat``. Each trial
+checks where every layer's cache is after each step, and notes the first misplacement: a step that
+then fails does so with torch's own error, and a run that completes regardless is ``wrong``.
 
 Which versions do what: accelerate's ``send_to_device`` moves tensors, lists, tuples, dicts and any
 object with ``.to()``. Older transformers handed the cache over as per-layer ``(key, value)``
@@ -154,12 +156,21 @@ def _trial(knobs: dict[str, Any], skip_keys: bool) -> dict[str, Any]:
             if placement_only else "placement, and the tokens against a one-device run",
         }
 
+        def watch(step: int, past) -> None:
+            """Note the first misplaced cache, and go on: the next step fails as it would unwatched."""
+            if "misplaced" not in notes:
+                try:
+                    check_cache_placement(past, device_map, main)
+                except WrongResult as exc:
+                    notes["misplaced"] = f"after step {step}, {exc}"
+
         try:
-            tokens, metrics = measured_decode(model, torch.tensor([prompt], device=main), steps, feed,
-                                              lambda step, past: check_cache_placement(past, device_map, main))
+            tokens, metrics = measured_decode(model, torch.tensor([prompt], device=main), steps, feed, watch)
         except Exception as exc:
             exc.metrics = {**getattr(exc, "metrics", {}), **notes}
             raise
+        if "misplaced" in notes:  # every step ran although a cache was in the wrong place
+            raise WrongResult(notes["misplaced"], {**metrics, **notes})
         if not placement_only:
             from transformers import AutoModelForCausalLM
 
