@@ -159,21 +159,24 @@ def panel(
     """A panel for ``scenario``: controls for ``knobs`` (default: all), starting at the scenario's quick
     settings (short runs that still fail, kind to a 2-core laptop) updated with ``values``."""
     scen = registry.get(scenario)
-    start = scen.knob_values({**scen.quick, **(values or {})})
+    asked = {**scen.quick, **(values or {})}
+    start = scen.knob_values(asked)
     chosen = [k for k in scen.knobs if knobs is None or k.name in knobs]
     controls = {k.name: _control(k, start[k.name], (bounds or {}).get(k.name)) for k in chosen}
     variant = w.Dropdown(options=list(variants or scen.variants), description="variant")
     runner = Runner(timeout)
 
+    def shown() -> dict[str, Any]:
+        return {name: c.value for name, c in controls.items()}
+
     def on_run(_):
-        shown = {name: c.value for name, c in controls.items()}
-        runner.start(scen, variant.value, {**start, **shown}, shown)
+        now = shown()
+        runner.start(scen, variant.value, {**start, **now}, now)
 
     runner.run_button.on_click(on_run)
     about = (f"{scen.name}, {scen.summary}; settings: {', '.join(controls) or 'none'}; "
              f"variants: {', '.join(variant.options)}")
-    same = {**scen.quick, **(values or {}), **{name: c.value for name, c in controls.items()}}  # what Run runs
-    call = f"labkit.run({scen.name!r}, {variant.value!r}, knobs={same!r})"
+    call = f"labkit.run({scen.name!r}, {variant.value!r}, knobs={ {**asked, **shown()}!r})"  # what Run runs
     return Panel(runner, [w.HBox([variant, runner.buttons]), *controls.values()], about, call)
 
 

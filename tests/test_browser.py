@@ -173,6 +173,16 @@ def _wait(condition, timeout: float, what, poll: float = 0.25):
     raise AssertionError(f"waited {timeout:.0f} s for {what() if callable(what) else what}")
 
 
+def _within(seconds: float, condition) -> bool:
+    """Whether ``condition()`` holds within ``seconds``: for a step that is retried when it did not take."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _execute(page, cell) -> None:
     """Ctrl+Enter on the active ``cell``, again while its prompt has not changed (to ``[*]``, which
     JupyterLab shows before the kernel is even asked): a key pressed during a re-render can be lost."""
@@ -181,10 +191,7 @@ def _execute(page, cell) -> None:
 
     def started() -> bool:
         page.keyboard.press("Control+Enter")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and prompt.inner_text() == before:
-            time.sleep(0.05)
-        return prompt.inner_text() != before
+        return _within(5, lambda: prompt.inner_text() != before)
 
     _wait(started, 15, f"the cell to start running (its prompt stayed {before!r})")
 
@@ -201,10 +208,7 @@ def _scratch_cell(page, cell, code: str):
         cell.locator(".jp-InputPrompt").click()
         page.keyboard.press("Escape")
         page.keyboard.press("b")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and cells.count() == count:
-            time.sleep(0.1)
-        return cells.count() > count
+        return _within(5, lambda: cells.count() > count)
 
     _wait(add_below, 15, "a new cell under the panel's cell")
     scratch = cell.locator("xpath=following-sibling::*[1]")
