@@ -18,7 +18,7 @@ _WHERE = {
     "doctor": "environment",
     "BadInput": "errors", "WrongResult": "errors",
     "Isolated": "isolate", "run_isolated": "isolate",
-    "kv_cache_bytes": "memory",
+    "cache_held_bytes": "memory", "kv_cache_bytes": "memory",
     "Monitor": "monitor",
     "LivePlot": "plots", "monitor_figure": "plots",
     "Knob": "scenario", "Metric": "scenario", "Scenario": "scenario", "Variant": "scenario",

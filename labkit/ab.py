@@ -148,6 +148,7 @@ class Comparison:
             "ci": [low, high],
             "verdict": self.verdict,
             "outcomes": {"a": self.a.summary["outcomes"], "b": self.b.summary["outcomes"]},
+            "versions": self.a.versions,
         }
 
     def to_json(self) -> str:

@@ -29,15 +29,17 @@ def decode_by_hand(
 
     Each next id is the argmax of the logits, or ``feed[step]`` where the logits are on ``meta``.
     New ids are made on the prompt's device, as a caller's own loop would make them.
-    ``on_step(step, past_key_values)`` runs after every step (1-based).
+    ``on_step(step, cache)`` runs after every step (1-based).
     """
     import torch
 
-    past, new = None, []
+    from .upstream import cache_argument, returned_cache
+
+    past, new, cache = None, [], cache_argument(model)
     with torch.no_grad():
         for step in range(steps):
-            out = model(input_ids=ids, past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[0, -1]
+            out = model(input_ids=ids, use_cache=True, **{cache: past})
+            past, logits = returned_cache(out, cache), out.logits[0, -1]
             token = feed[step] if logits.device.type == "meta" else int(logits.argmax())
             new.append(token)
             if on_step is not None:

@@ -18,6 +18,7 @@ from typing import Mapping
 
 from .devices import DevicePair, check_device
 from .errors import BadInput
+from .upstream import no_split_modules
 
 
 def rows(model) -> dict[str, str]:
@@ -72,7 +73,7 @@ def balanced_map(model, pair: DevicePair) -> dict[str, str]:
     from accelerate.utils import get_balanced_memory
 
     budgets = {0: _free_bytes(pair.first), 1: _free_bytes(pair.first if pair.second == "meta" else pair.second)}
-    no_split = model._no_split_modules
+    no_split = no_split_modules(model)
     with quiet():
         balanced = get_balanced_memory(model, max_memory=budgets, no_split_module_classes=no_split)
         planned = infer_auto_device_map(model, max_memory=balanced, no_split_module_classes=no_split)

@@ -43,13 +43,21 @@ print(json.dumps(info))
 @dataclass
 class Report:
     facts: dict[str, Any] = field(default_factory=dict)
+    versions: list[dict[str, Any]] = field(default_factory=list)  # each scenario's libraries: tested, confirmed, outside
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([(k, _text(v)) for k, v in self.facts.items()], columns=["what", "value"])
 
+    def versions_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.versions, columns=["scenario", "library", "installed", "tested", "confirmed_on", "verdict"])
+
     def __str__(self) -> str:
         width = max(map(len, self.facts))
-        return "\n".join(f"{k:<{width}}  {_text(v)}" for k, v in self.facts.items())
+        facts = "\n".join(f"{k:<{width}}  {_text(v)}" for k, v in self.facts.items())
+        outside = sum(row["verdict"] == "outside" for row in self.versions)
+        return (f"{facts}\n\nversions, per scenario (tested: the set the README installs; confirmed: the series "
+                f"the failure was seen on; outside: neither, {outside} here):\n"
+                + self.versions_frame().to_string(index=False))
 
 
 def _text(value: Any) -> str:
@@ -65,6 +73,9 @@ def doctor() -> Report:
 
     from . import nvml
     from .devices import usable_cores
+    from .scenario import all_scenarios
+    from .upstream import installed
+    from .versions import scenario_standing
 
     facts: dict[str, Any] = {
         "python": f"{platform.python_version()} ({sys.executable})",
@@ -83,15 +94,7 @@ def doctor() -> Report:
         facts[var] = os.environ.get(var, "(unset)")
     gpu = nvml.describe()
     facts["nvml"] = f"driver {gpu['driver']}: {', '.join(gpu['gpus'])}" if gpu["available"] else gpu["reason"]
-    facts.update({f"version:{name}": _version(name) for name in LIBRARIES})
-    return Report(facts)
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    dist = {"pynvml": "nvidia-ml-py"}.get(name, name)
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
+    facts.update({f"version:{name}": installed({"pynvml": "nvidia-ml-py"}.get(name, name)) or "not installed"
+                  for name in LIBRARIES})
+    versions = [row for scen in all_scenarios() for row in scenario_standing(scen)]
+    return Report(facts, versions)

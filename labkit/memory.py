@@ -27,6 +27,13 @@ def kv_cache_bytes(config: Any, batch: int, seq_len: int, dtype: Any = "float16"
     return 2 * text.num_hidden_layers * kv_heads * head_dim * seq_len * batch * _itemsize(dtype)
 
 
+def cache_held_bytes(cache: Any) -> int:
+    """Bytes the keys and values of a real cache hold now: what :func:`kv_cache_bytes` estimates."""
+    from .upstream import cache_tensors
+
+    return sum(t.numel() * t.element_size() for pair in cache_tensors(cache) for t in pair)
+
+
 def _itemsize(dtype: Any) -> int:
     if hasattr(dtype, "itemsize"):
         return int(dtype.itemsize)

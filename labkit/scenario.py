@@ -80,7 +80,8 @@ class Scenario:
     name: str
     summary: str
     source: str = ""  # the report it comes from (seed file, upstream issue)
-    confirmed_on: str = ""  # library versions it was seen on
+    confirmed_on: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # library -> release series seen on
+    confirmed_setup: str = ""  # what it was seen on besides releases (machines, devices)
     knobs: tuple[Knob, ...] = ()
     metrics: tuple[Metric, ...] = ()
     main_fix: str | None = None  # what `labkit tour` compares the broken variant against

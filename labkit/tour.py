@@ -20,6 +20,7 @@ import pandas as pd
 from ._json import jsonable
 from .ab import Comparison, compare
 from .environment import doctor
+from .versions import confirmed_text, scenario_standing
 from .plots import monitor_figure, save
 from .scenario import all_scenarios, get
 from .trial import check_repeats_timeout
@@ -95,8 +96,13 @@ def tour_verdict(result: Comparison) -> str:
 
 
 def _provenance(scen) -> str:
-    """Where the failure was reported and what it was confirmed on (a user's own scenario may say neither)."""
-    return " ".join(f"{label}: {text}." for label, text in (("Source", scen.source), ("Confirmed on", scen.confirmed_on)) if text)
+    """Where the failure was reported, what it was confirmed on (a user's own scenario may say neither),
+    and any library this run used outside that."""
+    confirmed = "; ".join(filter(None, (confirmed_text(scen), scen.confirmed_setup)))
+    outside = [f"{row['library']} {row['installed']}" for row in scenario_standing(scen) if row["verdict"] == "outside"]
+    parts = [f"Source: {scen.source}." if scen.source else "", f"Confirmed on: {confirmed}." if confirmed else "",
+             f"This run used {', '.join(outside)}: not a release it was confirmed on." if outside else ""]
+    return " ".join(filter(None, parts))
 
 
 def _section(scen, result: Comparison, figures: list[str]) -> str:

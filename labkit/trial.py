@@ -20,6 +20,7 @@ from ._json import jsonable
 from .errors import BadInput
 from .isolate import OUTCOMES, run_isolated
 from .monitor import Monitor
+from .versions import running_on
 
 OnTick = Callable[[Monitor], None]
 
@@ -69,6 +70,8 @@ class TrialSet:
     knobs: dict[str, Any]
     trials: list[Trial] = field(default_factory=list)
     units: dict[str, str] = field(default_factory=dict)  # metric name -> unit
+    # The releases the trials ran on, so that a result that changed can be traced to one.
+    versions: dict[str, str | None] = field(default_factory=running_on)
 
     def values(self, metric: str) -> list[float]:
         return [t.metrics[metric] for t in self.trials if t.metrics.get(metric) is not None]
@@ -94,6 +97,7 @@ class TrialSet:
             "knobs": self.knobs,
             "trials": [t.to_dict() for t in self.trials],
             "summary": self.summary,
+            "versions": self.versions,
         }
 
     def to_json(self) -> str:

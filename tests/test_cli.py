@@ -8,6 +8,7 @@ import pytest
 
 from labkit.cli import main
 from labkit.isolate import group_members
+from labkit.upstream import installed
 
 
 def run_cli(capsys, *args):
@@ -55,6 +56,7 @@ def test_run_json_contract(capsys, cheap):
     assert [t["outcome"] for t in result["trials"]] == ["ok", "ok"]
     assert {"outcome", "error", "seconds", "metrics"} <= set(result["trials"][0])
     assert result["summary"]["outcomes"]["ok"] == 2 and result["trials"][0]["metrics"]["items_per_s"] == 200
+    assert result["versions"]["transformers"] == installed("transformers")  # a changed result traces to a release
 
 
 def test_a_hang_comes_back_hung_with_stacks_and_nothing_left(capsys, cheap):
@@ -87,6 +89,8 @@ def test_doctor_reports_pools_and_variables(capsys):
     for key in ("logical_cores", "torch_intra_op_threads", "native_pools", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM",
                 "start_method", "nvml", "version:torch"):
         assert key in out
+    table = out[out.index("versions, per scenario"):]
+    assert "device-mismatch   accelerate" in table and all(w in table for w in ("installed", "tested", "verdict"))
 
 
 def test_tour_writes_a_report(tmp_path, capsys, cheap):

@@ -56,12 +56,16 @@ def test_which_cache_forms_accelerate_moves():
     from accelerate.utils import send_to_device
     from transformers import DynamicCache
 
+    from labkit import upstream
+    from labkit.models import tiny_model
+
+    model = tiny_model()
+    name, skip = upstream.cache_argument(model), upstream.skip_keys(model)
     legacy = ((torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4)),)
-    assert send_to_device({"past_key_values": legacy}, "meta")["past_key_values"][0][0].device.type == "meta"
-    assert send_to_device({"past_key_values": legacy}, "meta", skip_keys=["past_key_values"])[
-        "past_key_values"][0][0].device.type == "cpu"
-    cache = send_to_device({"past_key_values": DynamicCache(legacy)}, "meta")["past_key_values"]
-    assert not hasattr(cache, "to") and cache.layers[0].keys.device.type == "cpu"
+    assert send_to_device({name: legacy}, "meta")[name][0][0].device.type == "meta"
+    assert send_to_device({name: legacy}, "meta", skip_keys=skip)[name][0][0].device.type == "cpu"
+    cache = send_to_device({name: DynamicCache(legacy)}, "meta")[name]
+    assert not hasattr(cache, "to") and upstream.cache_tensors(cache)[0][0].device.type == "cpu"
 
 
 def test_the_placement_check_catches_a_cache_in_the_wrong_place():

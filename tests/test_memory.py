@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from labkit import kv_cache_bytes, models
+from labkit import cache_held_bytes, kv_cache_bytes, models
+from labkit.upstream import returned_cache
 
 
 def test_matches_the_bytes_a_real_cache_holds_after_generate():
@@ -11,8 +12,9 @@ def test_matches_the_bytes_a_real_cache_holds_after_generate():
     prompt, new, batch = 10, 7, 3
     out = model.generate(torch.randint(0, 1000, (batch, prompt)), max_new_tokens=new, do_sample=False,
                          return_dict_in_generate=True)
-    cache = out.past_key_values
-    held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    cache = returned_cache(out, model)
+    held = cache_held_bytes(cache)
+    assert held > 0
     cached_tokens = cache.get_seq_length()  # the last new token is never fed back, so it is not cached
     assert cached_tokens == prompt + new - 1
     assert kv_cache_bytes(model.config, batch, cached_tokens, torch.float32) == held

@@ -37,6 +37,7 @@ from ..errors import BadInput, WrongResult
 from ..decoding import STEP_METRICS
 from ..devices import device_pair, pair_setting
 from ..scenario import Knob, Scenario, register
+from .. import upstream
 
 TINY = "tiny"
 
@@ -61,7 +62,8 @@ mismatch = register(
         name="device-mismatch",
         summary="a model split over two devices by accelerate fails on step 2: the hook moved the KV cache",
         source="seed 001 (Qwen3 over GPUs with accelerate); transformers PRs 23919, 28051",
-        confirmed_on="torch 2.13.0, transformers 5.23, accelerate 1.15 (cache passed as tuples, as transformers < 4.36 did)",
+        confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24"), "accelerate": ("1.15",)},
+        confirmed_setup="the cache passed as tuples, as transformers < 4.36 did; cpu + meta, and cpu + cuda:0 on an H100",
         knobs=(
             Knob("devices", "auto", "'auto' or 'A,B': A is the main device (embeddings first), B the other",
                  validate=pair_setting(lambda first: first != "meta", "meta cannot be the first (main) device: "
@@ -84,17 +86,22 @@ def legacy_cache_forward(model) -> None:
     """Make ``model`` take and return its cache as per-layer ``(key, value)`` tuples.
 
     That is the form transformers used before its Cache classes, and the one accelerate's hooks
-    move. Set on the instance before dispatch, so accelerate's hook wraps it.
+    move. Set on the instance before dispatch, so accelerate's hook wraps it. The cache keeps the
+    keyword the model's own forward uses (:func:`~labkit.upstream.cache_argument`): that is the key
+    ``skip_keys`` names, so with it the fix holds, and with a stale literal it would not.
     """
+    import functools
+
     from transformers import DynamicCache
 
-    inner = model.forward
+    inner, name = model.forward, upstream.cache_argument(model)
 
-    def forward(*args, past_key_values=None, **kwargs):
-        if isinstance(past_key_values, tuple):
-            past_key_values = DynamicCache(past_key_values)
-        out = inner(*args, past_key_values=past_key_values, **kwargs)
-        out.past_key_values = tuple((k, v) for k, v, *_ in out.past_key_values)
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        if isinstance(kwargs.get(name), tuple):
+            kwargs[name] = DynamicCache(kwargs[name])
+        out = inner(*args, **kwargs)
+        out[name] = tuple(upstream.cache_tensors(upstream.returned_cache(out, name)))
         return out
 
     model.forward = forward
@@ -114,10 +121,32 @@ def dispatched(checkpoint: str, device_map_spec: str, pair, skip_keys: bool):
     load_checkpoint_in_model(model, checkpoint, device_map=readable)
     with quiet("accelerate.big_modeling"):  # "offloaded to the cpu": not so when the CPU is the main device
         model = dispatch_model(model, device_map, main_device=main,
-                               skip_keys=model._skip_keys_device_placement if skip_keys else None)
+                               skip_keys=upstream.skip_keys(model) if skip_keys else None)
     if "meta" in device_map.values():
-        model._hf_hook.io_same_device = False  # the logits stay on meta: there is nothing to bring back
+        upstream.top_hook(model).io_same_device = False  # the logits stay on meta: there is nothing to bring back
     return model, device_map, main
+
+
+def where_the_cache_goes(model, device_map: dict[str, str], main: str, prompt) -> dict[str, list[str]]:
+    """Run step 1, then ask the top hook what it would hand to step 2: each layer's cache device.
+
+    The mechanism without the failure: the hook's move is computed, not run as a forward, so a
+    move that fails (nothing can be copied out of meta) says so instead of raising.
+    """
+    import torch
+
+    name = upstream.cache_argument(model)
+    layers = [m for m in device_map if ".layers." in m]
+    with torch.no_grad():
+        past = upstream.returned_cache(model(input_ids=prompt.to(main), use_cache=True), name)
+    where = {"map says": [device_map[m] for m in layers],
+             "cache after step 1": [str(k.device) for k, _ in upstream.cache_tensors(past)]}
+    try:
+        _, kwargs = upstream.top_hook(model).pre_forward(model, input_ids=prompt[:, -1:].to(main), **{name: past})
+        where["handed to step 2"] = [str(k.device) for k, _ in upstream.cache_tensors(kwargs[name])]
+    except Exception as exc:  # noqa: BLE001 - the failed move is the answer
+        where["handed to step 2"] = [f"(move failed: {type(exc).__name__})"] * len(layers)
+    return where
 
 
 def _execution_device(device: str, main: str) -> str:
@@ -128,7 +157,7 @@ def _execution_device(device: str, main: str) -> str:
 def check_cache_placement(past, device_map: dict[str, str], main: str) -> None:
     """Raise WrongResult unless every layer's cached keys and values sit where the map runs that layer."""
     layers = sorted((m for m in device_map if ".layers." in m), key=lambda m: int(m.rsplit(".", 1)[1]))
-    for i, (module, (keys, values)) in enumerate(zip(layers, past)):
+    for i, (module, (keys, values)) in enumerate(zip(layers, upstream.cache_tensors(past))):
         want = _execution_device(device_map[module], main)
         if str(keys.device) != want or str(values.device) != want:
             raise WrongResult(f"layer {i}'s cache is on {keys.device}, but the map runs layer {i} on {want}")

@@ -28,6 +28,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from .. import upstream
 from ..scenario import Metric, Scenario, positive, register
 
 PROMPT = 8  # prompt tokens per sequence
@@ -38,7 +39,8 @@ oom = register(
         name="oom-hang",
         summary="a rank's KV cache outgrows its budget; it logs the error and lives, its peer waits in all_reduce forever",
         source="seed 003 (lmdeploy TP=8 hang on out-of-memory): lmdeploy issue 2712",
-        confirmed_on="torch 2.13.0 gloo (2 CPU ranks, loopback), transformers 5.23 StaticCache",
+        confirmed_on={"torch": ("2.13",), "transformers": ("5.23", "5.24")},
+        confirmed_setup="gloo, 2 CPU ranks on loopback; transformers' StaticCache",
         knobs=(
             positive("tokens", 48, "new tokens the request asks for", high=1024),
             positive("batch", 4, "sequences in the request", high=256),
@@ -61,6 +63,7 @@ class Engine:
 
     def __init__(self, model, cache, propagate: bool):
         self.model, self.cache, self.propagate = model, cache, propagate
+        self.cache_argument = upstream.cache_argument(model)
         self.jobs: queue.Queue = queue.Queue()
         self.results: queue.Queue = queue.Queue()
         threading.Thread(target=self._work, name="engine-worker", daemon=True).start()
@@ -72,7 +75,7 @@ class Engine:
             ids = self.jobs.get()
             try:
                 with torch.no_grad():
-                    out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+                    out = self.model(input_ids=ids, use_cache=True, **{self.cache_argument: self.cache})
                 self.results.put(out.logits[:, -1, :])
             except Exception as exc:  # noqa: BLE001 - the engine logs and carries on, as real ones do
                 log.error("engine worker: generation step failed: %s: %s", type(exc).__name__, exc)

@@ -51,7 +51,8 @@ threaded = register(
         name="thread-device",
         summary="the default/current device is per thread: a model made under a context, used from a worker",
         source="seed 004 (Outlines, model made in one thread, generation in another): dottxt-ai/outlines issue 679",
-        confirmed_on="torch 2.13.0, transformers 5.23; 2-core x86-64 (cpu + meta)",
+        confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24")},
+        confirmed_setup="2-core x86-64 (cpu + meta); an H100 (cpu + cuda:0)",
         knobs=(
             Knob("devices", "auto", "'auto' or 'A,B': A is where a new thread's tensors land, B the context's device",
                  validate=pair_setting(lambda first: first in ("cpu", "cuda:0"), "the first device is where a "

@@ -39,7 +39,8 @@ storm = register(
         name="thread-storm",
         summary="CPU oversubscription: W workers x a full intra-op pool each, sampling over a 152k vocabulary",
         source="seed 002 (ExLlamaV2 CPU at 100%): exllamav2 issue 508; pytorch issue 80777",
-        confirmed_on="torch 2.13.0 (CPU, OpenMP/libgomp), transformers 5.23; 2-core x86-64",
+        confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24")},
+        confirmed_setup="sampling on the CPU, OpenMP (libgomp); 2-core x86-64, and the 16-core host of an H100",
         knobs=(
             positive("workers", 4, "concurrent workers (processes, or threads with workers_as=threads)", high=64),
             positive("threads", DEFAULT_THREADS, "intra-op threads per worker in the broken variant (torch default: one per core)", high=64),
@@ -79,13 +80,16 @@ def generation_loop(model, *, batch: int, tokens: int, top_p: float, seed: int, 
     """Prefill a random prompt, then ``tokens`` decode steps: forward, then sample every logit."""
     import torch
 
+    from ..upstream import cache_argument, returned_cache
+
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 1000, (batch, 8), generator=gen)
+    cache = cache_argument(model)
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True)
         for _ in range(tokens):
             nxt = sampler(out.logits[:, -1, :], gen, top_p=top_p)
-            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=nxt, use_cache=True, **{cache: returned_cache(out, cache)})
     return batch * tokens
 
 

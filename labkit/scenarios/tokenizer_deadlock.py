@@ -31,7 +31,8 @@ deadlock = register(
         name="tokenizer-deadlock",
         summary="fork after the tokenizer's Rust thread pool ran: the forked workers wait forever",
         source="seed 003 (lmdeploy hang; TOKENIZERS_PARALLELISM=false helped): lmdeploy issue 2712; tokenizers issues 187, 258",
-        confirmed_on="tokenizers 0.23.3 (rayon pool), Linux fork; Python 3.11",
+        confirmed_on={"tokenizers": ("0.23",)},
+        confirmed_setup="the rayon pool, Linux fork; Python 3.11",
         knobs=(
             positive("workers", 2, "worker processes that encode after the fork", high=32),
             positive("batch", 64, "texts per encode_batch call", high=4096),

@@ -72,24 +72,17 @@ print("failed:", broken.outcome == "raised", "| steps completed before it:", int
 import tempfile
 
 from labkit.models import save_tiny
-from labkit.scenarios.device_mismatch import dispatched
+from labkit.scenarios.device_mismatch import dispatched, where_the_cache_goes
 
-checkpoint = str(save_tiny(tempfile.mkdtemp(prefix="labkit-nb02-")))
 prompt = torch.tensor([[5, 6, 7, 8]])
 rows = {}
-for skip in (False, True):
-    model, device_map, main = dispatched(checkpoint, "balanced", pair, skip_keys=skip)
-    past = model(input_ids=prompt.to(main), past_key_values=None, use_cache=True).past_key_values
-    layers = [m for m in device_map if ".layers." in m]
-    rows["map says"] = [device_map[m] for m in layers]
-    rows[f"cache after step 1, skip_keys={skip}"] = [str(k.device) for k, _ in past]
-    try:
-        _, kwargs = model._hf_hook.pre_forward(model, input_ids=prompt[:, :1].to(main), past_key_values=past)
-        rows[f"handed to step 2, skip_keys={skip}"] = [str(k.device) for k, _ in kwargs["past_key_values"]]
-    except Exception as exc:
-        print(f"skip_keys={skip}: the top hook's move failed: {type(exc).__name__}: {exc}")
-        rows[f"handed to step 2, skip_keys={skip}"] = ["(move failed)"] * len(layers)
-pd.DataFrame(rows, index=[f"layer {i}" for i in range(len(layers))])
+with tempfile.TemporaryDirectory(prefix="labkit-nb02-") as folder:
+    checkpoint = str(save_tiny(folder))
+    for skip in (False, True):
+        model, device_map, main = dispatched(checkpoint, "balanced", pair, skip_keys=skip)
+        for what, devices in where_the_cache_goes(model, device_map, main, prompt).items():
+            rows[what if what == "map says" else f"{what}, skip_keys={skip}"] = devices
+pd.DataFrame(rows, index=[f"layer {i}" for i in range(len(rows["map says"]))])
 
 # %% [markdown]
 # ### Which versions do what
@@ -99,7 +92,14 @@ pd.DataFrame(rows, index=[f"layer {i}" for i in range(len(layers))])
 # tuples, which it moves. transformers 5 hands over a `DynamicCache`, which has no `.to()`: the hook
 # leaves it alone, and `generate` no longer fails this way (checked here on the versions below). To
 # reproduce the mechanism on them, the trials hand the cache over as tuples and rebuild a `DynamicCache`
-# inside the forward, as transformers 4.36 to 4.4x did (`legacy_cache_forward`):
+# inside the forward, as transformers 4.36 to 4.4x did (`legacy_cache_forward`).
+#
+# One more change matters: **the name of the argument**. `skip_keys` names forward arguments, and
+# transformers 5.24 renamed the cache argument from `past_key_values` to `cache` (the old name still
+# works, with a warning, until 5.40), and `_skip_keys_device_placement` with it. Code that still hands
+# the cache over as `past_key_values=` on 5.24 gets it moved although `skip_keys` is set: the fix
+# silently stops working. labkit's own trials did exactly that on the day 5.24 came out; they now read
+# the name from the model (`labkit.upstream.cache_argument`):
 
 # %%
 import accelerate
@@ -107,15 +107,28 @@ import transformers
 from accelerate.utils import send_to_device
 from transformers import DynamicCache
 
+from labkit import upstream
+
 legacy = ((torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4)),)
-print("tuples moved to meta:      ", send_to_device(legacy, "meta")[0][0].device)
-print("DynamicCache moved to meta:", send_to_device(DynamicCache(legacy), "meta").layers[0].keys.device)
+tuples_moved = send_to_device(legacy, "meta")[0][0]
+cache_moved = upstream.cache_tensors(send_to_device(DynamicCache(legacy), "meta"))[0][0]
+print("tuples moved to meta:      ", tuples_moved.device)
+print("DynamicCache moved to meta:", cache_moved.device)
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print(f"transformers {transformers.__version__.split('.')[0]}.x, accelerate {accelerate.__version__.split('.')[0]}.x:",
-      "tuples moved:", send_to_device(legacy, "meta")[0][0].is_meta,
-      "| DynamicCache moved:", send_to_device(DynamicCache(legacy), "meta").layers[0].keys.is_meta)
+      "tuples moved:", tuples_moved.is_meta, "| DynamicCache moved:", cache_moved.is_meta)
+
+# %%
+from labkit.models import tiny_model
+
+print(f"transformers {transformers.__version__}: the forward takes the cache as {upstream.cache_argument(tiny_model())!r};",
+      f"skip_keys = {upstream.skip_keys(tiny_model())}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("the cache argument is one of the skip keys:", upstream.cache_argument(tiny_model()) in upstream.skip_keys(tiny_model()))
 
 # %%
 from labkit.scenarios.device_mismatch import legacy_cache_forward
@@ -125,8 +138,8 @@ print(inspect.getsource(legacy_cache_forward))
 # %% [markdown]
 # ### The fix: `skip_keys`
 #
-# `skip_keys=model._skip_keys_device_placement` (for Qwen3, `["past_key_values"]`) tells the top hook to
-# leave the cache where each layer made it. Each step of the fixed run checks that every layer's cache is
+# `skip_keys=model._skip_keys_device_placement` (for Qwen3, the cache argument printed above) tells the top
+# hook to leave the cache where each layer made it. Each step of the fixed run checks that every layer's cache is
 # on the device the map runs that layer on; with GPUs it also compares the tokens with a one-device run.
 
 # %%

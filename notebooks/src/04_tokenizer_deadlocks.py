@@ -87,15 +87,15 @@ print({v: t.outcome for v, t in fixes.items()})
 # %%
 import torch
 
-from labkit import kv_cache_bytes, models
+from labkit import cache_held_bytes, kv_cache_bytes, models
+from labkit.upstream import returned_cache
 
 model = models.tiny_model()
 rows = []
 for new in (1, 8, 16, 32, 64):
     out = model.generate(torch.randint(0, 1000, (4, 8)), max_new_tokens=new, do_sample=False, return_dict_in_generate=True)
-    cache = out.past_key_values
-    held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-    rows.append({"cached tokens": cache.get_seq_length(), "measured bytes": held,
+    cache = returned_cache(out, model)  # out.cache since transformers 5.24, out.past_key_values before
+    rows.append({"cached tokens": cache.get_seq_length(), "measured bytes": cache_held_bytes(cache),
                  "estimated bytes": kv_cache_bytes(model.config, 4, cache.get_seq_length(), torch.float32)})
 growth = pd.DataFrame(rows)
 growth.plot(x="cached tokens", y=["measured bytes", "estimated bytes"], style=["o", "-"], title="KV cache: measured vs estimated");
