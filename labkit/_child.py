@@ -1,8 +1,10 @@
-"""Entry point of an isolated trial: ``python -m labkit._child FOLDER``.
+"""Entry point of an isolated trial: ``python -m labkit._child FOLDER`` (fresh), or :func:`main` in a fork
+of a warm template (:mod:`labkit._template`).
 
-The parent (:mod:`labkit.isolate`) leaves ``call.pkl`` in FOLDER; this process writes
-``result.json`` there, or nothing if it dies. Kept tiny and import-light so that the only things
-the trial sees are the ones it imports itself.
+The parent (:mod:`labkit.isolate`) leaves ``call.pkl`` in FOLDER; this process writes ``started``
+just before the trial's first line (the parent's timeout counts from there) and ``result.json``
+when it ends, or nothing if it dies. Its temporary files go to ``FOLDER/tmp``, which the parent
+removes whatever the outcome: a trial that is killed cannot clean up after itself.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -26,17 +29,27 @@ def main(folder: Path) -> None:
     faulthandler.register(STACK_SIGNAL, file=stacks, all_threads=True)
 
     import pickle
+    import tempfile
 
     with open(folder / "call.pkl", "rb") as f:
-        parent_path, call = pickle.load(f)
-    sys.path[:] = list(dict.fromkeys([*parent_path, *sys.path]))
+        call = pickle.load(f)
+    sys.path[:] = list(dict.fromkeys([*call["path"], *sys.path]))
+    os.chdir(call["cwd"])
+    os.environ.clear()  # exactly the environment asked for (a template differs in run-time-only variables)
+    os.environ.update(call["env"])
+    scratch = folder / "tmp"
+    scratch.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)  # its workers' too
 
     import cloudpickle
 
     from labkit._json import jsonable
+    from labkit._template import warm_imports
     from labkit.errors import WrongResult
 
-    fn, kwargs = cloudpickle.loads(call)
+    warm_imports()  # already done in a warm template; here, before the first line, as there
+    fn, kwargs = cloudpickle.loads(call["fn"])
+    (folder / "started").write_text(repr(time.monotonic()))  # one clock for every process on Linux
     result: dict
     try:
         value = fn(**kwargs)

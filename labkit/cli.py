@@ -32,15 +32,18 @@ def _knob_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return knobs
 
 
-TIMEOUT_HELP = "seconds before a trial counts as hung (default: the scenario's)"
+TIMEOUT_HELP = "seconds from a trial's first line before it counts as hung (default: the scenario's)"
+FRESH_HELP = "start each trial in a fresh interpreter instead of forking a warm one (also LABKIT_START=fresh)"
 
 
-def _add_trial_options(p: argparse.ArgumentParser, repeats: int) -> None:
-    p.add_argument("--repeats", type=int, default=repeats, help=f"isolated trials per variant (default {repeats})")
+def _add_trial_options(p: argparse.ArgumentParser, repeats: int | None) -> None:
+    p.add_argument("--repeats", type=int, default=repeats, help=f"isolated trials per variant (default {repeats})"
+                   if repeats else "isolated trials per variant (default: until decisive or the budget is spent)")
     p.add_argument("--timeout", type=float, default=None, help=TIMEOUT_HELP)
     p.add_argument("--threads", type=int, default=None, help="the scenario's 'threads' knob")
     p.add_argument("--set", action="append", metavar="KNOB=VALUE", help="any other knob (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,13 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("a")
     cmp.add_argument("b")
     cmp.add_argument("--metric", default=None, help="metric for the verdict (default: the scenario's first)")
-    _add_trial_options(cmp, repeats=5)
+    _add_trial_options(cmp, repeats=None)
+    cmp.add_argument("--budget", type=float, default=None,
+                     help="without --repeats: seconds to spend at most before giving an answer (default 120)")
     tour = sub.add_parser("tour", help="every scenario, broken against its main fix, with a report")
     tour.add_argument("--out", default="labkit-report", help="report folder (default labkit-report)")
     tour.add_argument("--repeats", type=int, default=3)
     tour.add_argument("--quick", action="store_true", help="each scenario's fast settings (same failures, shorter runs)")
     tour.add_argument("--only", action="append", metavar="SCENARIO", help="run only this scenario (repeatable)")
     tour.add_argument("--timeout", type=float, default=None, help=TIMEOUT_HELP)
+    tour.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     sub.add_parser("doctor", help="cores, thread pools, variables, devices, versions")
     return parser
 
@@ -77,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("labkit: interrupted; the trial's processes were stopped", file=sys.stderr)
         return 130
+
+
+def _start(args: argparse.Namespace) -> str | None:
+    return "fresh" if args.fresh else None  # None: LABKIT_START, else warm
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -97,13 +107,13 @@ def _run(args: argparse.Namespace) -> int:
     from .trial import run
 
     result = run(args.scenario, args.variant, repeats=args.repeats, timeout=args.timeout,
-                 knobs=_knob_overrides(args), progress=True)
+                 knobs=_knob_overrides(args), progress=True, start=_start(args))
     if args.json:
         print(result.to_json())
         return 0
     for t in result.trials:
         metrics = "  ".join(f"{k}={v:.4g}" for k, v in t.metrics.items())
-        print(f"trial {t.index}: {t.outcome:<7} {t.seconds:6.1f} s  {metrics}")
+        print(f"trial {t.index}: {t.outcome:<7} {t.seconds:6.1f} s ({t.start} start {t.startup_seconds or 0:.2f} s)  {metrics}")
         if t.error:
             print(f"    {t.error}")
         for key, text in t.notes.items():
@@ -116,10 +126,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .ab import compare
+    from .ab import BUDGET, compare
 
     result = compare(args.scenario, args.a, args.b, repeats=args.repeats, metric=args.metric,
-                     knobs=_knob_overrides(args), timeout=args.timeout, progress=True)
+                     knobs=_knob_overrides(args), timeout=args.timeout, progress=True, start=_start(args),
+                     budget=BUDGET if args.budget is None else args.budget)
     if args.json:
         print(result.to_json())
         return 0
@@ -127,6 +138,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(result.table().drop(columns="verdict").to_string(float_format=lambda x: f"{x:.4g}"))
     print(f"outcomes: {args.a} {result.a.outcome_text()}; {args.b} {result.b.outcome_text()}")
     print(result.verdict)
+    print(result.stopped)
     return 0
 
 
@@ -139,7 +151,8 @@ def _wide_pandas():
 def _tour(args: argparse.Namespace) -> int:
     from .tour import tour
 
-    report = tour(args.out, repeats=args.repeats, quick=args.quick, only=args.only, timeout=args.timeout, progress=True)
+    report = tour(args.out, repeats=args.repeats, quick=args.quick, only=args.only, timeout=args.timeout, progress=True,
+                  start=_start(args))
     with _wide_pandas():
         print(report.table.to_string(index=False))
     print(f"report written to {report.folder}")

@@ -1,22 +1,25 @@
 """Run one call in a child process, with a timeout, and always get an answer back.
 
-Why a fresh interpreter (``subprocess.Popen([python, "-m", "labkit._child"])``, the same thing as
-multiprocessing's *spawn* method) and not *fork*: a forked child inherits a copy of the parent's
-memory but none of its threads. A notebook kernel, or any process that has already run torch's
-OpenMP pool or the tokenizers Rust pool, can hand the child a lock that some thread held at the
-moment of the fork and that nobody will ever release; that is the ``tokenizer-deadlock`` scenario
-itself. A fresh interpreter also means every trial starts with the same process-global state
-(thread pools, environment variables read at start-up such as ``OMP_NUM_THREADS``). The cost is
-the imports: about 6 s per trial on the 2-core CI machine (torch 2.2 s, transformers 3.5 s more).
+Each call is one process of its own, with a process group of its own (so the whole group it
+starts, forked workers and ranks included, is killed together at the end), started one of two ways:
 
-Why a new session (``start_new_session=True``): the child and everything it starts (forked
-workers, ranks, pools) form one process group that can be killed as a whole, so nothing is left
-behind after a timeout.
+* **warm** (the default): forked from a template process of the same environment that has already
+  imported torch, transformers and labkit (:mod:`labkit.warm`), in about 0.05 s instead of 6-10 s.
+  The template only imports (no thread pool has run, no CUDA context exists), which is what makes
+  this fork safe where the ``tokenizer-deadlock`` fork is not; each environment has its own
+  template, because thread-pool variables are read when a library loads.
+* **fresh**: a new interpreter (``python -m labkit._child``, the same as multiprocessing's *spawn*),
+  which imports everything itself. ``start="fresh"`` or ``LABKIT_START=fresh`` asks for it, to
+  compare, or where a failure would depend on start-up itself.
 
-Why a signal plus ``faulthandler`` for the stacks: a hung process may hold the GIL or sit in native
-code, so no Python code of ours can be relied on to run in it; faulthandler's handler is C and
-async-signal-safe. Each process in the group that installed it is asked in turn, so every
-process's stacks come back separately.
+Both run the same imports before the call's first line, and the timeout counts from that line
+(the ``started`` file), not from the start of the process. A hang is also known sooner by its
+stillness: when the whole process group has used (almost) no CPU for ``idle`` seconds, every
+thread is blocked, and the call is ``hung`` then, with the reason in ``Isolated.hung_by``.
+
+Stacks come from ``faulthandler`` on SIGUSR1, written to a file of the call's own (a notebook
+kernel's stderr has no file descriptor): its handler is C and async-signal-safe, so it answers
+even when the process holds the GIL in native code. Each process in the group is asked in turn.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ import cloudpickle
 from ._child import STACK_SIGNAL
 
 OUTCOMES = ("ok", "raised", "wrong", "hung", "crashed")
+STARTS = ("warm", "fresh")
 OUTPUT_KEEP = 20_000  # characters of the child's stdout+stderr kept in the result
 STACK_WAIT = 1.0  # seconds allowed for one process to write its stacks
+STARTUP_LIMIT = 300.0  # seconds a child may take to reach its first line (imports on a busy machine)
+IDLE_CPU = 0.02  # below this share of one core, the process group counts as still
 
 
 @dataclass(frozen=True)
@@ -48,13 +54,21 @@ class Isolated:
 
     outcome: str
     error: str | None
-    seconds: float
+    seconds: float  # from the call's first line to its end (or to the moment it was called hung)
     value: Any = None
     stacks: dict[int, str] = field(default_factory=dict)
     output: str = ""
     exitcode: int | None = None
     traceback: str | None = None
     pid: int | None = None  # the child's pid, also its process group's id
+    start: str = "warm"
+    startup_seconds: float | None = None  # from asking for the process to the call's first line
+    hung_by: str | None = None  # how a hang was known: stillness or the timeout
+
+
+def default_start() -> str:
+    start = os.environ.get("LABKIT_START", "warm")
+    return start if start in STARTS else "warm"
 
 
 def run_isolated(
@@ -62,83 +76,138 @@ def run_isolated(
     kwargs: Mapping[str, Any] | None = None,
     *,
     timeout: float = 60.0,
+    idle: float | None = None,
+    start: str | None = None,
     env: Mapping[str, str | None] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_tick: Callable[[], None] | None = None,
     tick: float = 0.25,
 ) -> Isolated:
-    """Call ``fn(**kwargs)`` in a fresh child process and report how it ended.
+    """Call ``fn(**kwargs)`` in a child process and report how it ended.
 
     ``fn`` may be defined in a notebook: cloudpickle carries it by value. ``env`` is applied on
-    top of this process's environment before the child starts (``None`` removes a variable).
-    ``on_start`` gets the child's pid as soon as it exists (a monitor watches that process tree).
-    ``on_tick`` runs in this thread every ``tick`` seconds while the child runs, which is how a
-    notebook redraws a live plot without a second thread.
+    top of this process's environment (``None`` removes a variable). ``timeout`` counts from the
+    call's first line; ``idle`` (seconds, or None for never) calls it hung sooner when its whole
+    process group has been still that long. ``start`` is ``"warm"`` or ``"fresh"`` (default:
+    ``LABKIT_START``, else warm). ``on_start`` gets the child's pid as soon as it exists (a
+    monitor watches that process tree). ``on_tick`` runs in this thread every ``tick`` seconds
+    while the child runs, which is how a notebook redraws a live plot without a second thread.
     """
+    start = start or default_start()
+    if start not in STARTS:
+        from .errors import BadInput
+
+        raise BadInput(f"start={start!r} is not allowed; allowed: {', '.join(STARTS)}")
     with tempfile.TemporaryDirectory(prefix="labkit-trial-") as tmp:
         folder = Path(tmp)
-        with open(folder / "call.pkl", "wb") as f:
-            # The parent's sys.path travels first, so whatever the parent can import by name
-            # (a test module, a notebook's neighbour file) the child can import too.
-            pickle.dump((list(sys.path), cloudpickle.dumps((fn, dict(kwargs or {})))), f)
         child_env = dict(os.environ)
         for key, value in (env or {}).items():
             if value is None:
                 child_env.pop(key, None)
             else:
                 child_env[key] = str(value)
-        started = time.monotonic()
-        with open(folder / "output.txt", "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "labkit._child", str(folder)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=child_env,
-                start_new_session=True,
-            )
+        with open(folder / "call.pkl", "wb") as f:
+            # The parent's sys.path and working folder travel too, so whatever the parent can
+            # import by name (a test module, a notebook's neighbour file) the child can import too.
+            pickle.dump({"path": list(sys.path), "cwd": os.getcwd(), "env": child_env,
+                         "fn": cloudpickle.dumps((fn, dict(kwargs or {})))}, f)
+        (folder / "output.txt").touch()
+        asked = time.monotonic()
+        proc = _launch(folder, child_env, start)
         stacks: dict[int, str] = {}
         try:
             if on_start is not None:
                 on_start(proc.pid)
-            finished = _wait(proc, started + timeout, on_tick, tick)
-            seconds = time.monotonic() - started
-            if not finished:
+            ended, began, hung_by = _wait(proc, folder / "started", asked, timeout, idle, on_tick, tick)
+            seconds = time.monotonic() - (began or asked)
+            if not ended:
                 stacks = _dump_stacks(proc.pid, folder / "stacks.txt")
         finally:
             _kill_group(proc)
         output = (folder / "output.txt").read_text(errors="replace")[-OUTPUT_KEEP:]
-        if not finished:
-            return Isolated("hung", f"no answer within {timeout:g} s", seconds, stacks=stacks, output=output, pid=proc.pid)
+        common = dict(output=output, pid=proc.pid, start=start, startup_seconds=(began - asked) if began else None)
+        if not ended:
+            return Isolated("hung", hung_by, seconds, stacks=stacks, hung_by=hung_by, **common)
         result_file = folder / "result.json"
         if result_file.exists():
             result = json.loads(result_file.read_text())
-            return Isolated(
-                result["outcome"],
-                result["error"],
-                seconds,
-                value=result.get("value"),
-                output=output,
-                exitcode=proc.returncode,
-                traceback=result.get("traceback"),
-                pid=proc.pid,
-            )
-        return Isolated("crashed", _describe_exit(proc.returncode), seconds, output=output, exitcode=proc.returncode,
-                        pid=proc.pid)
+            return Isolated(result["outcome"], result["error"], seconds, value=result.get("value"),
+                            exitcode=proc.returncode, traceback=result.get("traceback"), **common)
+        return Isolated("crashed", _describe_exit(proc.returncode), seconds, exitcode=proc.returncode, **common)
 
 
-def _wait(proc: subprocess.Popen, deadline: float, on_tick, tick: float) -> bool:
-    """Wait for the child until the deadline; True if it exited by itself."""
+def _launch(folder: Path, env: dict[str, str], start: str):
+    """The child: a fork of the environment's warm template, or a fresh interpreter."""
+    if start == "warm":
+        from . import warm
+
+        return warm.start(folder, env)
+    with open(folder / "output.txt", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "labkit._child", str(folder)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+
+
+def _wait(proc, started: Path, asked: float, timeout: float, idle: float | None, on_tick, tick: float):
+    """Wait for the child: ``(ended by itself, when its first line ran, how a hang was known)``."""
+    began, deadline = None, asked + STARTUP_LIMIT
+    still = _Stillness(proc.pid)
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return proc.poll() is not None
+        now = time.monotonic()
+        if began is None and (began := _first_line(started)) is not None:
+            deadline = began + timeout
+        if now >= deadline or (began is not None and idle is not None and still.seconds(now) >= idle):
+            if proc.poll() is not None:
+                return True, _first_line(started), None
+            if now < deadline:
+                return False, began, (f"no progress: its processes used no CPU for {idle:g} s "
+                                      f"(every thread blocked), before the {timeout:g} s timeout")
+            return False, began, (f"no answer within {timeout:g} s of its first line" if began
+                                  else f"it did not reach its first line within {STARTUP_LIMIT:g} s")
         try:
-            proc.wait(timeout=min(tick, left))
-            return True
+            proc.wait(timeout=min(tick, deadline - now))
+            return True, _first_line(started), None
         except subprocess.TimeoutExpired:
             if on_tick is not None:
                 on_tick()
+
+
+def _first_line(started: Path) -> float | None:
+    """When the child's call began (its monotonic clock, which is this process's too), if it has."""
+    try:
+        return float(started.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class _Stillness:
+    """How long a process group has used (almost) no CPU: every thread of it blocked, a hang.
+
+    Still means: no process came or went, and the group's CPU time grew by less than
+    :data:`IDLE_CPU` of one core (a pool's housekeeping thread that wakes every 0.1 s stays under it).
+    """
+
+    def __init__(self, pgid: int):
+        self.pgid, self.ticks, self.used, self.since = pgid, {}, 0, time.monotonic()
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def seconds(self, now: float) -> float:
+        ticks = {pid: _cpu_ticks(pid) for pid in group_members(self.pgid)}
+        self.used += sum(max(0, t - self.ticks.get(pid, 0)) for pid, t in ticks.items())
+        if set(ticks) != set(self.ticks) or self.used > self.hz * IDLE_CPU * (now - self.since) + 1:
+            self.since, self.used = now, 0
+        self.ticks = ticks
+        return now - self.since
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User plus system clock ticks of a process, all its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
 
 
 def _describe_exit(code: int | None) -> str:
@@ -215,13 +284,16 @@ def _read_when_settled(path: Path, offset: int) -> str:
         return f.read().decode(errors="replace").strip()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc) -> None:
     """Kill the whole process group (grandchildren too) and reap the child."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    proc.wait()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"trial process {proc.pid} outlived a SIGKILL to its group for 30 s") from None
     deadline = time.monotonic() + 2.0
     while group_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -85,7 +85,10 @@ class Scenario:
     knobs: tuple[Knob, ...] = ()
     metrics: tuple[Metric, ...] = ()
     main_fix: str | None = None  # what `labkit tour` compares the broken variant against
-    timeout: float = 60.0
+    timeout: float = 60.0  # seconds from a trial's first line
+    # Seconds of stillness (the trial's whole process tree using no CPU) after which it is hung
+    # before its timeout; None where a trial may legitimately wait that long with every thread blocked.
+    idle_after: float | None = 3.0
     quick: Mapping[str, Any] = field(default_factory=dict)  # knobs for a fast run that still fails
     variants: dict[str, Variant] = field(default_factory=dict)
     # Checks that need several knobs at once (a device map against its model); raises BadInput.

@@ -61,6 +61,7 @@ def sweep(
     timeout: float | None = None,
     monitor: bool = False,
     progress: bool = False,
+    start: str | None = None,
 ) -> Sweep:
     scen = registry.get(scenario)
     variants = [variants] if isinstance(variants, str) else list(variants)
@@ -77,7 +78,8 @@ def sweep(
         run = runs.setdefault((variant, *point.values()), TrialSet(scen.name, variant, values, units=scen.units))
         for i in range(repeats):
             run.trials.append(
-                run_trial(scen, variant, values, index=i, timeout=timeout, env=env(values) if env else None, monitor=monitor)
+                run_trial(scen, variant, values, index=i, timeout=timeout, env=env(values) if env else None,
+                          monitor=monitor, start=start)
             )
     result.runs = list(runs.values())
     return result

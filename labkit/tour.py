@@ -35,7 +35,7 @@ class TourReport:
 
 def tour(
     out: str | Path = "labkit-report", *, repeats: int = 3, quick: bool = False, only: list[str] | None = None,
-    timeout: float | None = None, progress: bool = False,
+    timeout: float | None = None, progress: bool = False, start: str | None = None,
 ) -> TourReport:
     """Compare each scenario's broken variant with its main fix; ``quick`` uses each scenario's
     fast settings (shorter runs that still show the failure); ``only`` names the scenarios to run;
@@ -50,7 +50,7 @@ def tour(
         if broken is None or fix is None:
             continue
         result = compare(scen, broken, fix, repeats=repeats, knobs=scen.quick if quick else None, timeout=timeout,
-                         progress=progress)
+                         progress=progress, start=start)
         comparisons.append(result)
         ratio, low, high = result.interval
         if math.isnan(ratio):  # a side that never finished (hung, raised at step 0) has nothing to divide

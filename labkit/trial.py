@@ -41,6 +41,8 @@ class Trial:
     traceback: str | None = None
     samples: pd.DataFrame | None = field(default=None, repr=False)  # the monitor's tidy frame
     notes: dict[str, str] = field(default_factory=dict)  # what the trial says of itself (devices used, and why)
+    start: str = "warm"  # forked from a warm template, or a fresh interpreter (labkit.isolate)
+    startup_seconds: float | None = None  # from asking for the process to the trial's first line
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of ``labkit run --json`` (DESIGN.md)."""
@@ -51,6 +53,8 @@ class Trial:
             "seconds": round(self.seconds, 4),
             "metrics": self.metrics,
             "knobs": self.knobs,
+            "start": self.start,
+            "startup_seconds": None if self.startup_seconds is None else round(self.startup_seconds, 4),
         }
         if self.outcome == "hung":
             out["stacks"] = {str(pid): text for pid, text in self.stacks.items()}
@@ -128,6 +132,7 @@ def run_trial(
     env: Mapping[str, str | None] | None = None,
     monitor: bool = True,
     on_tick: OnTick | None = None,
+    start: str | None = None,
 ) -> Trial:
     var = scenario.get_variant(variant)
     mon = Monitor(gpu=True) if monitor else None
@@ -143,6 +148,8 @@ def run_trial(
             var.fn,
             knobs,
             timeout=timeout or scenario.timeout,
+            idle=scenario.idle_after,
+            start=start,
             env={**var.env, **(env or {})},
             on_start=watch if mon else None,
             on_tick=(lambda: on_tick(mon)) if (on_tick and mon) else None,
@@ -164,7 +171,10 @@ def run_trial(
         result.exitcode,
         result.traceback,
         mon.to_frame() if mon is not None else None,
-        {k: v for k, v in _entries(result.value) if isinstance(v, str)},
+        {**{k: v for k, v in _entries(result.value) if isinstance(v, str)},
+         **({"hung": result.hung_by} if result.hung_by else {})},
+        result.start,
+        result.startup_seconds,
     )
 
 
@@ -188,8 +198,13 @@ def run(
     monitor: bool = True,
     on_tick: OnTick | None = None,
     progress: bool = False,
+    start: str | None = None,
 ) -> TrialSet:
-    """Run ``repeats`` isolated trials of one variant and collect them."""
+    """Run ``repeats`` isolated trials of one variant and collect them.
+
+    ``start``: ``"warm"`` (forked from a template that has imported everything) or ``"fresh"`` (a
+    new interpreter each); the default is ``LABKIT_START``, else warm.
+    """
     scen = registry.get(scenario)
     scen.get_variant(variant)
     values = scen.knob_values(knobs)
@@ -197,7 +212,8 @@ def run(
     trials = TrialSet(scen.name, variant, values, units=scen.units)
     for i in _progress(range(repeats), progress, f"{scen.name} {variant}"):
         trials.trials.append(
-            run_trial(scen, variant, values, index=i, timeout=timeout, env=env, monitor=monitor, on_tick=on_tick)
+            run_trial(scen, variant, values, index=i, timeout=timeout, env=env, monitor=monitor, on_tick=on_tick,
+                      start=start)
         )
     return trials
 

@@ -86,3 +86,47 @@ def test_same_function_twice_is_within_noise():
     assert (result.a.variant, result.b.variant) == ("a", "b")
     assert result.ratio == 1.0 and result.ci == (1.0, 1.0)
     assert result.verdict.startswith("within noise")
+
+
+def test_an_open_ended_comparison_stops_when_decisive_and_says_so():
+    result = compare_functions(constant, twice_as_fast, metric="speed")
+    assert result.stopped == "decisive after 5 trials a side" and len(result.a.trials) == 5
+    assert result.verdict.startswith("twice_as_fast is better than constant")
+
+
+def test_an_open_ended_comparison_of_identical_variants_runs_to_its_last_look():
+    result = compare_functions(jittery, jittery_too, metric="speed")
+    assert result.stopped == "not decisive after 20 trials a side, the most it runs", result.verdict
+    assert result.verdict.startswith("within noise")
+
+
+def test_the_looks_keep_false_decisions_rare():
+    """Stopping at the first of several looks that excludes 1 must not find differences that are not there."""
+    from labkit.ab import LOOK_CONFIDENCE, LOOKS
+
+    rng = np.random.default_rng(3)
+    draws, false = 200, 0
+    for _ in range(draws):
+        a, b = rng.normal(100, 10, LOOKS[-1]), rng.normal(100, 10, LOOKS[-1])
+        for n in LOOKS:
+            _, low, high = ratio_ci(a[:n], b[:n], confidence=LOOK_CONFIDENCE, resamples=1000)
+            if not low <= 1 <= high:
+                false += 1
+                break
+    assert false / draws <= 0.05
+
+
+def twice_as_fast():
+    return {"speed": 2.0}
+
+
+def jittery():
+    import random
+
+    return {"speed": random.gauss(10, 1)}
+
+
+def jittery_too():
+    import random
+
+    return {"speed": random.gauss(10, 1)}

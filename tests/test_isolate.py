@@ -7,7 +7,6 @@ import sys
 import threading
 import time
 
-import psutil
 import pytest
 
 from labkit.errors import WrongResult
@@ -116,13 +115,15 @@ def test_on_tick_runs_while_waiting():
     assert r.outcome == "hung" and len(ticks) >= 3
 
 
-def test_an_interrupt_still_kills_the_group():
+@pytest.mark.parametrize("start", ["warm", "fresh"])
+def test_an_interrupt_still_kills_the_group(start):
     trial_pids = []
 
     def interrupt():
-        trial_pids.extend(p.pid for p in psutil.Process().children())  # the trial, before we give up on it
+        assert group_members(trial_pids[0])  # the trial and its forked child, before we give up on them
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_isolated(deadlocks_with_a_forked_child, timeout=30, on_tick=interrupt, tick=0.5)
-    assert trial_pids and all(group_members(pid) == [] for pid in trial_pids)
+        run_isolated(deadlocks_with_a_forked_child, timeout=30, on_start=trial_pids.append, on_tick=interrupt, tick=0.5,
+                     start=start)
+    assert group_members(trial_pids[0]) == []

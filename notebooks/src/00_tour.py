@@ -9,9 +9,12 @@
 #
 # Three ideas carry everything:
 #
-# 1. **Every trial runs isolated**, in a fresh child process with a timeout. A trial that deadlocks comes
-#    back as `hung`, with every thread's stack, and the notebook never freezes. Outcomes are `ok`,
-#    `raised`, `wrong` (finished with a wrong answer), `hung` and `crashed`.
+# 1. **Every trial runs isolated**, in a child process of its own with a timeout. A trial that deadlocks
+#    comes back as `hung`, with every thread's stack, and the notebook never freezes. Outcomes are `ok`,
+#    `raised`, `wrong` (finished with a wrong answer), `hung` and `crashed`. The child is forked from a
+#    *warm* process that has already imported torch and transformers, so a trial starts in a fraction of
+#    a second; the first trial of a kernel (and of each set of environment variables) waits a few seconds
+#    while that warm process imports them once.
 # 2. **A monitor watches while it runs**: per-core CPU, the trial's threads and context switches, and
 #    each GPU through NVML when there is one.
 # 3. **A/B answers are honest**: variants run interleaved, medians with a 95% bootstrap interval of the

@@ -125,10 +125,10 @@ as_threads = labkit.run(storm, "broken", knobs={**QUICK, "workers_as": "threads"
 # %% [markdown]
 # ## Sweep: intra-op threads x workers
 #
-# Each point is a fresh process with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set before it starts
-# (they only act at start-up) and the broken variant's `threads` knob at the same value. Quick mode
-# sweeps threads 1, 2 (the default here) and workers 1, 4: the storm needs both, several workers that
-# each bring a team of threads. Set `FULL = True` for threads 1, 2, 4, 8 and workers 1, 2, 4.
+# Each point is a process with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set before torch loads in it
+# (they only act then: each setting gets a warm process of its own) and the broken variant's `threads`
+# knob at the same value. Quick mode sweeps threads 1, 2 (the default here) and workers 1, 4: the storm
+# needs both, several workers that each bring a team of threads. Set `FULL = True` for threads 1, 2, 4, 8 and workers 1, 2, 4.
 
 # %%
 FULL = False

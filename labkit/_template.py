@@ -1,0 +1,146 @@
+"""A warm template: ``python -m labkit._template`` imports what trials need, then forks one child per trial.
+
+Why: a trial's first 6-10 s used to be ``import torch`` and ``import transformers``. This process
+pays them once; each trial is then a ``fork`` of it (about 0.05 s), still one process per trial with
+a process group of its own, killed as a group by the parent (:mod:`labkit.warm`).
+
+Why forking it is safe here, when forking is what ``tokenizer-deadlock`` warns against: the hazard
+is a fork while another thread holds a lock. This process only imports; it runs no torch op (no
+OpenMP team exists), encodes nothing (no tokenizers pool), creates no CUDA context. The one other
+thread it has is OpenBLAS's server thread, started when numpy loads; OpenBLAS stops it in its own
+``pthread_atfork`` handler before every fork and restarts it lazily after (checked in
+``tests/test_warm.py``: the template's threads before a fork, a multi-threaded matmul after it).
+
+Why one template per environment: libgomp, MKL, OpenBLAS and tokenizers read their variables when
+they load, which here is before any trial exists. So the parent keys templates by the whole
+environment a trial should see, and a trial never runs in a template started with another one.
+
+Protocol, a line each way: the parent writes ``FOLDER`` (holding ``call.pkl``, as for a fresh
+child); the template answers ``forked FOLDER PID``, and ``exit PID STATUS`` (a ``waitpid`` status)
+when that trial ends. End of input means the parent is gone (closed, crashed, killed, a kernel
+restart): the template kills every trial's process group it started, and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import sys
+from pathlib import Path
+
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+WARM_IMPORTS = ("torch", "numpy", "transformers", "accelerate", "tokenizers", "cloudpickle", "psutil", "threadpoolctl")
+
+
+def warm_imports() -> None:
+    """What every trial would import first: the libraries, transformers' model code, labkit's scenarios.
+
+    The fresh path (``labkit._child``) runs the same before a trial's first line, so a trial's
+    timeout counts from its own code in both.
+    """
+    import importlib
+
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+    import transformers
+
+    for name in ("AutoModelForCausalLM", "AutoTokenizer", "Qwen3ForCausalLM", "DynamicCache", "StaticCache"):
+        getattr(transformers, name)  # transformers imports lazily: touch what the scenarios use
+    from labkit.scenario import all_scenarios
+
+    all_scenarios()
+
+
+def _become_trial(folder: Path, selector: selectors.BaseSelector, wakeup: tuple[int, int], drop: tuple[str, ...]) -> None:
+    """In the forked child: a process group of its own, this process's own output file, default
+    signals, the environment as the parent gave it (``drop``: what the template added for itself),
+    then the trial."""
+    try:
+        os.setpgid(0, 0)  # the template does the same from its side: whichever runs first, the group exists
+        for name in drop:
+            del os.environ[name]
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        selector.close()
+        for fd in wakeup:
+            os.close(fd)
+        out = os.open(folder / "output.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        os.close(null)
+        import numpy
+
+        numpy.random.seed()  # numpy's global generator was seeded when the template imported it
+        from labkit._child import main
+
+        main(folder)
+    finally:
+        os._exit(70)  # main() leaves with os._exit(0); getting here means it could not start
+
+
+def serve() -> None:
+    # torch.cuda.is_available() may initialise the CUDA driver, after which no fork can use CUDA;
+    # asking NVML instead leaves it alone. Only while importing: each trial gets the variable back as it was.
+    added = NVML_CHECK not in os.environ
+    os.environ.setdefault(NVML_CHECK, "1")
+    warm_imports()
+    import torch
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised while importing: a trial forked from here could not use it")
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the wakeup fd hears of each exit
+    selector = selectors.DefaultSelector()
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    selector.register(read_fd, selectors.EVENT_READ)
+    trials: set[int] = set()
+    print("ready", flush=True)
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.fileobj is sys.stdin:
+                    line = sys.stdin.readline()
+                    if not line:
+                        return  # the parent is gone
+                    folder = Path(line.rstrip("\n"))
+                    sys.stdout.flush()
+                    pid = os.fork()
+                    if pid == 0:
+                        _become_trial(folder, selector, (read_fd, write_fd), drop=(NVML_CHECK,) if added else ())
+                    try:
+                        os.setpgid(pid, pid)  # before the parent hears of it: a kill of the group must find it
+                    except (PermissionError, ProcessLookupError):
+                        pass  # it did so itself already, or it is gone
+                    trials.add(pid)
+                    print(f"forked {folder} {pid}", flush=True)
+                else:
+                    os.read(read_fd, 512)
+                    _reap(trials)
+    finally:
+        for pid in trials:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _reap(trials: set[int]) -> None:
+    while trials:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        trials.discard(pid)
+        print(f"exit {pid} {status}", flush=True)
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,186 @@
+"""Warm trials: forked from a template that has imported everything, with every isolation guarantee kept."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from labkit import warm
+from labkit.isolate import run_isolated
+
+
+def threads_and_seeds():
+    import random
+
+    import numpy
+    import torch
+
+    return {"torch_threads": float(torch.get_num_threads()), "np": float(numpy.random.randint(1 << 30)),
+            "py": float(random.randrange(1 << 30)), "pid": float(os.getpid()), "parent": float(os.getppid())}
+
+
+def test_a_warm_trial_is_a_fork_of_its_environments_template():
+    a, b = (run_isolated(threads_and_seeds, timeout=60) for _ in range(2))
+    assert (a.outcome, b.outcome, a.start, b.start) == ("ok", "ok", "warm", "warm")
+    assert a.value["parent"] == b.value["parent"] in warm.live_templates()  # one template, two forks
+    assert a.value["pid"] != b.value["pid"] and 0 <= b.startup_seconds
+    assert a.value["np"] != b.value["np"] and a.value["py"] != b.value["py"]  # reseeded, as a new interpreter is
+
+
+def test_a_variable_read_at_load_time_acts_as_at_start_up():
+    """libgomp reads OMP_NUM_THREADS when torch loads: a trial with it set must not share a template."""
+    one = run_isolated(threads_and_seeds, timeout=60, env={"OMP_NUM_THREADS": "1"})
+    two = run_isolated(threads_and_seeds, timeout=60, env={"OMP_NUM_THREADS": "2"})
+    assert (one.value["torch_threads"], two.value["torch_threads"]) == (1, 2)
+    assert one.value["parent"] != two.value["parent"]
+
+
+def blas_after_fork():
+    """A multi-threaded OpenBLAS call in the forked trial: it would hang if the template's BLAS
+    server thread had been forked holding its lock."""
+    import numpy
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(2, user_api="blas"):
+        x = numpy.ones((600, 600))
+        total = float((x @ x).sum())
+    return {"sum": total, "blas_pools": float(len([p for p in threadpool_info() if p["user_api"] == "blas"]))}
+
+
+def test_openblas_works_in_a_trial_forked_from_a_template_that_runs_its_thread():
+    template = warm.live_templates() or [run_isolated(threads_and_seeds, timeout=60).value["parent"]]
+    threads = len(os.listdir(f"/proc/{int(template[0])}/task"))
+    r = run_isolated(blas_after_fork, timeout=60, idle=5)
+    assert r.outcome == "ok", (r.error, r.stacks)
+    assert r.value["sum"] == 600.0 ** 3
+    assert threads >= 1  # two on these builds: the main thread and OpenBLAS's server, parked
+
+
+def timed_import_free():
+    return {"x": 1.0}
+
+
+def test_the_timeout_counts_from_the_first_line_not_the_imports():
+    r = run_isolated(timed_import_free, timeout=1, start="fresh")  # its imports take seconds
+    assert (r.outcome, r.start) == ("ok", "fresh") and r.startup_seconds > r.seconds
+
+
+def blocked_with_a_scratch_folder():
+    import tempfile
+    import threading
+
+    keep = tempfile.TemporaryDirectory(prefix="labkit-scratch-")  # noqa: SIM115 - a killed trial cannot clean up
+    Path(keep.name, "data").write_text("x")
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire()
+
+
+def spins():
+    while True:
+        pass
+
+
+def test_a_still_trial_is_hung_by_stillness_and_leaves_no_folder():
+    r = run_isolated(blocked_with_a_scratch_folder, timeout=60, idle=1.5)
+    assert r.outcome == "hung" and r.hung_by.startswith("no progress: its processes used no CPU for 1.5 s")
+    assert r.seconds < 30 and "in blocked_with_a_scratch_folder" in "".join(r.stacks.values())
+    assert not list(Path(tempfile.gettempdir()).glob("labkit-scratch-*"))  # it was in the trial's folder, removed
+
+
+def test_a_busy_trial_is_not_still_and_ends_at_its_timeout():
+    r = run_isolated(spins, timeout=2.5, idle=1.0)
+    assert r.outcome == "hung" and r.hung_by == "no answer within 2.5 s of its first line"
+
+
+PARENT = textwrap.dedent("""
+    import signal, sys, threading
+    from labkit.isolate import run_isolated
+    from labkit import warm
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a kernel or a terminal has it (a background job ignores it)
+
+    def locks_up():
+        lock = threading.Lock()
+        lock.acquire()
+        lock.acquire()
+
+    def announce(pid):
+        print(warm.live_templates()[0], pid, flush=True)
+
+    run_isolated(locks_up, timeout=600, on_start=announce)
+""")
+
+
+def _gone(pids, within=10.0):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_nothing_is_left_when_the_parent_dies_mid_trial(how):
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        template, trial = map(int, parent.stdout.readline().split())
+        assert Path(f"/proc/{trial}").exists()
+        parent.send_signal(how)  # at once: the trial may not have run a line yet
+        parent.wait(30)
+        assert _gone([template, trial]), "the template or its trial outlived their parent"
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_nothing_is_left_after_a_kernel_restart_mid_trial():
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(60)
+        in_background = "threading.Thread(target=run_isolated, args=(locks_up,), kwargs={'timeout': 600, 'on_start': announce}).start()"
+        kc.execute(PARENT.replace("run_isolated(locks_up, timeout=600, on_start=announce)", in_background))
+        template = trial = None
+        deadline = time.monotonic() + 120
+        while trial is None and time.monotonic() < deadline:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["msg_type"] == "stream":
+                template, trial = map(int, msg["content"]["text"].split()[:2])
+            assert msg["msg_type"] != "error", msg["content"]
+        km.restart_kernel(now=True)
+        assert _gone([template, trial]), "the template or its trial outlived the restarted kernel"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_trials_from_several_threads_share_a_template():
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run_isolated(threads_and_seeds, timeout=60)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.outcome for r in results] == ["ok"] * 4
+    assert len({r.value["pid"] for r in results}) == 4
