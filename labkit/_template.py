@@ -18,13 +18,15 @@ environment a trial should see, and a trial never runs in a template started wit
 Protocol, a line each way: the parent writes ``FOLDER`` (holding ``call.pkl``, as for a fresh
 child); the template answers ``forked FOLDER PID``, and ``exit PID STATUS`` (a ``waitpid`` status)
 when that trial ends. End of input means the parent is gone (closed, crashed, killed, a kernel
-restart): the template kills every trial's process group it started, and exits.
+restart): the template kills every live trial's process group, removes their folders (a parent
+killed outright could not), and exits.
 """
 
 from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -99,7 +101,7 @@ def serve() -> None:
     selector = selectors.DefaultSelector()
     selector.register(sys.stdin, selectors.EVENT_READ)
     selector.register(read_fd, selectors.EVENT_READ)
-    trials: set[int] = set()
+    trials: dict[int, Path] = {}  # live trials and their folders
     print("ready", flush=True)
     try:
         while True:
@@ -117,20 +119,21 @@ def serve() -> None:
                         os.setpgid(pid, pid)  # before the parent hears of it: a kill of the group must find it
                     except (PermissionError, ProcessLookupError):
                         pass  # it did so itself already, or it is gone
-                    trials.add(pid)
+                    trials[pid] = folder
                     print(f"forked {folder} {pid}", flush=True)
                 else:
                     os.read(read_fd, 512)
                     _reap(trials)
-    finally:
-        for pid in trials:
+    finally:  # the parent is gone: it can no longer kill these trials or remove their folders
+        for pid, folder in trials.items():
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _reap(trials: set[int]) -> None:
+def _reap(trials: dict[int, Path]) -> None:
     while trials:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -138,7 +141,7 @@ def _reap(trials: set[int]) -> None:
             return
         if pid == 0:
             return
-        trials.discard(pid)
+        trials.pop(pid, None)
         print(f"exit {pid} {status}", flush=True)
 
 

@@ -128,6 +128,17 @@ def _gone(pids, within=10.0):
     return False
 
 
+def _trial_folder(pid) -> Path:
+    """The folder a trial's parent made for it: where its output goes."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        output = Path(os.readlink(f"/proc/{pid}/fd/1"))
+        if output.name == "output.txt":
+            return output.parent
+        time.sleep(0.05)  # the forked trial opens it a moment after it starts
+    raise AssertionError(f"trial {pid} writes its output to no folder of its own")
+
+
 def _state(pid):
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -140,10 +151,12 @@ def test_nothing_is_left_when_the_parent_dies_mid_trial(how):
     parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
     try:
         template, trial = map(int, parent.stdout.readline().split())
-        assert Path(f"/proc/{trial}").exists()
+        folder = _trial_folder(trial)
+        assert folder.is_dir()
         parent.send_signal(how)  # at once: the trial may not have run a line yet
         parent.wait(30)
         assert _gone([template, trial]), "the template or its trial outlived their parent"
+        assert not folder.exists(), "the trial's folder outlived its parent"
     finally:
         parent.kill()
         parent.wait()
