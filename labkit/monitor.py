@@ -11,6 +11,7 @@ and RSS; and, through :mod:`labkit.nvml`, each GPU's SM utilisation, memory and 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -65,6 +66,7 @@ class Monitor:
         self._t0 = time.monotonic()
         self._last_cpu = psutil.cpu_times(percpu=True)
         self._stop.clear()
+        self._sample(first=True)  # a trial shorter than one interval still has its start on record
         self._thread = threading.Thread(target=self._run, name="labkit-monitor", daemon=True)
         self._thread.start()
         return self
@@ -124,9 +126,10 @@ class Monitor:
                         queue.append(child)
         return list(self._procs.values())
 
-    def _sample(self) -> None:
+    def _sample(self, first: bool = False) -> None:
         now = psutil.cpu_times(percpu=True)
-        percents = tuple(_busy_percent(a, b) for a, b in zip(self._last_cpu, now))
+        # the first reading has no interval behind it: each core's use is not known yet
+        percents = tuple(math.nan if first else _busy_percent(a, b) for a, b in zip(self._last_cpu, now))
         self._last_cpu = now
         cpu_s = threads = vol = invol = rss = count = 0
         for proc in self._tree():
@@ -223,8 +226,8 @@ def samples_frame(samples: list[Sample]) -> pd.DataFrame:
     rows = []
     prev = None
     for s in samples:
-        for core, pct in enumerate(s.cpu_percent):
-            rows.append((s.time_s, f"cpu{core}", "cpu_percent", pct, "%"))
+        rows.extend((s.time_s, f"cpu{core}", "cpu_percent", pct, "%")
+                    for core, pct in enumerate(s.cpu_percent) if not math.isnan(pct))  # unknown: no row
         tree = [
             ("cpu_seconds", s.tree_cpu_s, "s"),
             ("threads", s.threads, "count"),
