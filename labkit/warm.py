@@ -47,13 +47,14 @@ class Template:
         self._changed = threading.Condition()
         self._forked: dict[str, int] = {}
         self._exits: dict[int, int] = {}
-        self._ready = threading.Event()
+        self._ready = threading.Event()  # set when the template said "ready", or ended without saying it
+        self._said_ready = False
         self._reader = threading.Thread(target=self._read, name="labkit-template-reader", daemon=True)
         self._reader.start()
-        if not self._ready.wait(READY_TIMEOUT) or self.proc.poll() is not None:
-            self.close()
+        if not self._ready.wait(READY_TIMEOUT) or not self._said_ready:
             self._log.seek(0)
             tail = self._log.read().decode(errors="replace").strip().splitlines()[-5:]
+            self.close()
             raise TemplateFailed("the warm template did not start: " + (" | ".join(tail) or "no output"))
 
     def _read(self) -> None:
@@ -61,6 +62,7 @@ class Template:
             kind, _, rest = line.rstrip("\n").partition(" ")
             with self._changed:
                 if kind == "ready":
+                    self._said_ready = True
                     self._ready.set()
                 elif kind == "forked":
                     folder, _, pid = rest.rpartition(" ")

@@ -197,3 +197,10 @@ def test_trials_from_several_threads_share_a_template():
         t.join()
     assert [r.outcome for r in results] == ["ok"] * 4
     assert len({r.value["pid"] for r in results}) == 4
+
+
+def test_a_template_that_cannot_start_says_why(tmp_path, monkeypatch):
+    (tmp_path / "torch.py").write_text("raise ImportError('no torch here (planted by the test)')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the template imports this torch first
+    with pytest.raises(warm.TemplateFailed, match=r"did not start: .*no torch here \(planted by the test\)"):
+        run_isolated(threads_and_seeds, timeout=60)
