@@ -49,6 +49,7 @@ class Template:
         self._exits: dict[int, int] = {}
         self._ready = threading.Event()  # set when the template said "ready", or ended without saying it
         self._said_ready = False
+        self.busy = 0  # trials asked for and not yet ended (under the module's lock and this one's)
         self._reader = threading.Thread(target=self._read, name="labkit-template-reader", daemon=True)
         self._reader.start()
         if not self._ready.wait(READY_TIMEOUT) or not self._said_ready:
@@ -70,6 +71,7 @@ class Template:
                 elif kind == "exit":
                     pid, _, status = rest.partition(" ")
                     self._exits[int(pid)] = int(status)
+                    self.busy -= 1
                 self._changed.notify_all()
         with self._changed:  # the template ended: nothing more will come
             self._changed.notify_all()
@@ -151,10 +153,24 @@ def start(folder: Path, env: Mapping[str, str]) -> WarmChild:
         template = _templates.get(key)
         if template is None or not template.alive:
             template = _templates[key] = Template(env)
-            while len(_templates) > MAX_TEMPLATES:
-                _templates.popitem(last=False)[1].close()
         _templates.move_to_end(key)
-    return template.fork(folder)
+        with template._changed:
+            template.busy += 1  # reserved before the fork, so that no other thread ends this template meanwhile
+        _evict()
+    try:
+        return template.fork(folder)
+    except BaseException:
+        with template._changed:
+            template.busy -= 1
+        raise
+
+
+def _evict() -> None:
+    """Beyond :data:`MAX_TEMPLATES`, end the least recently used templates that run no trial now
+    (ending one kills its trials: a trial running in another thread keeps its template)."""
+    idle = [key for key, template in _templates.items() if not template.busy]
+    for key in idle[:max(0, len(_templates) - MAX_TEMPLATES)]:
+        _templates.pop(key).close()
 
 
 def shutdown() -> None:

@@ -204,3 +204,27 @@ def test_a_template_that_cannot_start_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the template imports this torch first
     with pytest.raises(warm.TemplateFailed, match=r"did not start: .*no torch here \(planted by the test\)"):
         run_isolated(threads_and_seeds, timeout=60)
+
+
+def locks_up():
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire()
+
+
+def test_a_template_with_a_running_trial_is_not_ended_to_make_room(monkeypatch):
+    monkeypatch.setattr(warm, "MAX_TEMPLATES", 1)
+    result = {}
+    # a trial that outlives the start of a second environment's template (about 6 s) and its trial
+    busy = threading.Thread(target=lambda: result.update(r=run_isolated(locks_up, timeout=12, env={"LABKIT_T": "a"})))
+    busy.start()
+    deadline = time.monotonic() + 60
+    while not any(t.busy for t in warm._templates.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    other = run_isolated(threads_and_seeds, timeout=60, env={"LABKIT_T": "b"})  # a second environment
+    assert other.outcome == "ok" and busy.is_alive()
+    assert len(warm.live_templates()) == 2  # over the limit while the first one runs a trial
+    busy.join(60)
+    assert result["r"].outcome == "hung", result["r"].error  # not killed with its template ("crashed")
+    run_isolated(threads_and_seeds, timeout=60, env={"LABKIT_T": "b"})
+    assert len(warm.live_templates()) == 1  # the idle one made room at the next start
