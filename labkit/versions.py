@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .upstream import installed
@@ -26,22 +27,24 @@ _PIN = re.compile(r"^([\w.\-]+)==([^\s;#]+)")  # name==release
 _COMMENTED_PIN = re.compile(r"^#.*tested with ([\w.\-]+)==(\S+)")  # torch's line
 
 
-def _canonical(name: str) -> str:
+def canonical(name: str) -> str:
+    """A distribution's name as pip compares it: ``Huggingface_Hub`` -> ``huggingface-hub``."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@lru_cache(maxsize=1)
-def tested_set() -> dict[str, str]:
-    """Package -> release, from the shipped constraints file (torch is in it as a comment: it is
-    installed first by its own command, so that a GPU machine keeps its CUDA build)."""
+@lru_cache(maxsize=2)
+def tested_set(path: Path | None = None) -> dict[str, str]:
+    """Package -> release, from the constraints file (default: the one shipped with labkit). torch is
+    in it as a comment: it is installed first by its own command, so that a GPU machine keeps its
+    CUDA build."""
     from .models import data_dir
 
-    path = data_dir() / "constraints.txt"
+    path = path or data_dir() / "constraints.txt"
     if not path.exists():
         return {}
     pins = ((_COMMENTED_PIN if line.startswith("#") else _PIN).match(line.strip())
             for line in path.read_text().splitlines())
-    return {_canonical(m[1]): m[2] for m in pins if m}
+    return {canonical(m[1]): m[2] for m in pins if m}
 
 
 def series(release: str) -> str:
@@ -61,7 +64,7 @@ def standing(library: str, confirmed: tuple[str, ...] = ()) -> dict[str, Any]:
     scenario was seen on), ``outside`` (neither: a changed outcome may come from this release) or
     ``not installed``.
     """
-    now, tested = installed(library), tested_set().get(_canonical(library))
+    now, tested = installed(library), tested_set().get(canonical(library))
     if now is None:
         verdict = "not installed"
     elif tested is not None and now.split("+")[0] == tested:

@@ -13,7 +13,8 @@ release pulls gigabytes of CUDA packages, so its bound is checked by hand.
 
 Each run prints the releases it used, then the suite's result. ``--pin`` (with ``--newest``)
 writes the environment to ``data/constraints.txt`` when the suite passed: the new tested set.
-The environment lives in a temporary folder, removed first and kept afterwards for a look.
+The environment lives in a temporary folder, removed first and kept afterwards for a look. Run it
+with the project's own environment: it reads the tested set with labkit's own parser.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+from labkit.versions import canonical, tested_set
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "data" / "constraints.txt"
@@ -62,16 +65,8 @@ def lowest_release(pip: Path, req: Requirement) -> str:
 
 def tested_pins(names: set[str]) -> list[str]:
     """``name==release`` from the tested set for each of ``names`` (the test tools under --lowest)."""
-    pins = {}
-    for line in CONSTRAINTS.read_text().splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, release = line.split("==", 1)
-            pins[_canonical(name)] = release.strip()
-    return [f"{name}=={pins[_canonical(name)]}" for name in sorted(names) if _canonical(name) in pins]
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    pins = tested_set(CONSTRAINTS)
+    return [f"{name}=={pins[canonical(name)]}" for name in sorted(names) if canonical(name) in pins]
 
 
 def install(python: Path, mode: str) -> None:
@@ -89,7 +84,7 @@ def install(python: Path, mode: str) -> None:
 
 def releases(python: Path) -> dict[str, str]:
     frozen = sh(python.parent / "pip", "freeze", "--exclude-editable", capture=True)
-    return {_canonical(n): v for n, _, v in (line.partition("==") for line in frozen.splitlines()) if v}
+    return {canonical(n): v for n, _, v in (line.partition("==") for line in frozen.splitlines()) if v}
 
 
 def pin(found: dict[str, str]) -> None:
