@@ -32,7 +32,7 @@ def main() -> None:
         result = done[key].for_metric(metric)
         low, high = result.ci
         print(f"{scenario}: {a} {result.a_median:.4g} vs {b} {result.b_median:.4g} {metric}; "
-              f"{b}/{a} = {result.ratio:.2f} [{low:.2f}, {high:.2f}]; {result.verdict.split(' (')[0]}")
+              f"{b}/{a} = {result.ratio:.2f} [{low:.2f}, {high:.2f}]; {result.answer}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from labkit.isolate import run_isolated
+from labkit.isolation.isolated import run_isolated
 
 
 def first_line() -> dict[str, float]:

@@ -1,11 +1,15 @@
+import datetime
+import json
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from labkit import Metric, Scenario, run
-from labkit import scenario as registry
-from labkit.scenario import positive
+from labkit.core import scenario as registry
+from labkit.core.scenario import positive
 
 
 def _has_cuda() -> bool:
@@ -16,6 +20,9 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+GPU_RECORD = Path(__file__).with_name("gpu_last_run.json")  # committed: where and when the GPU tests last ran
+
+
 def pytest_collection_modifyitems(config, items):
     if _has_cuda():
         return
@@ -23,6 +30,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Write down a GPU run; elsewhere, say when the skipped GPU tests last ran, so that skipping them
+    on every machine forever shows."""
+    reports = [r for kind in ("passed", "failed", "skipped") for r in terminalreporter.stats.get(kind, [])
+               if r.when == "call" or kind == "skipped"]
+    gpu = [r for r in reports if "gpu" in r.keywords]
+    if not gpu:
+        return
+    counts = Counter(r.outcome for r in gpu)
+    if _has_cuda() and counts["passed"] + counts["failed"]:
+        import torch
+
+        GPU_RECORD.write_text(json.dumps({
+            "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(0),
+            "torch": torch.__version__, "passed": counts["passed"], "failed": counts["failed"],
+            "tests": sorted(r.nodeid for r in gpu if r.outcome != "skipped"),
+        }, indent=2) + "\n")
+        return
+    if GPU_RECORD.exists():
+        last = json.loads(GPU_RECORD.read_text())
+        said = f"last ran {last['date']} on {last['device']}: {last['passed']} passed, {last['failed']} failed"
+    else:
+        said = "no GPU run recorded yet"
+    terminalreporter.write_line(f"GPU tests: {counts['skipped']} skipped here (no CUDA); {said} ({GPU_RECORD.name})")
 
 
 @pytest.fixture(scope="session")

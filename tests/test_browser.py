@@ -332,7 +332,7 @@ def test_a_cells_live_plot_moves_while_the_trial_runs(lab, browser, artifacts):
 def test_tour_report_shows_every_figure(tmp_path, cheap, browser, artifacts):
     """``labkit tour --out DIR``, its report.html opened in Chromium: every figure loads (on a cheap
     scenario: every scenario's figures come from the same code, and test_cli runs a real one)."""
-    from labkit.cli import main
+    from labkit.ui.cli import main
 
     assert main(["tour", "--quick", "--repeats", "1", "--out", str(tmp_path),
                  "--only", "test-count"]) == 0

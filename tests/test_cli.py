@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from labkit.cli import main
-from labkit.isolate import group_members
-from labkit.upstream import installed
+from labkit.ui.cli import main
+from labkit.isolation.isolated import group_members
+from labkit.llm.upstream import installed
 
 
 def run_cli(capsys, *args):
@@ -44,7 +44,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
 
 
 def test_the_console_script_exits_2_without_a_traceback():
-    proc = subprocess.run([sys.executable, "-m", "labkit.cli", "run", "nope", "--variant", "x"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "labkit.ui.cli", "run", "nope", "--variant", "x"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 

@@ -5,7 +5,7 @@ import random
 import numpy as np
 
 from labkit import Metric, compare_functions, paired_ratio_ci, ratio_ci
-from labkit.ab import verdict
+from labkit.core.compare import verdict
 
 FAST = Metric("tokens_per_s", "tokens/s", higher_is_better=True)
 CPU = Metric("cpu_s_per_token", "s", higher_is_better=False)
@@ -81,11 +81,12 @@ def test_user_functions_run_isolated_and_interleaved():
     assert set(frame.variant) == {"slow", "fast"} and set(frame.metric) == {"seconds", "speed"}
 
 
-def test_same_function_twice_is_within_noise():
-    result = compare_functions(constant, constant, metric="speed", repeats=2, monitor=False)
+def test_one_function_on_both_sides_keeps_two_sides():
+    """Same name twice: the sides are renamed a and b, each with its own trials, not one merged set."""
+    result = compare_functions(slow, slow, metric="speed", repeats=2, monitor=False)
     assert (result.a.variant, result.b.variant) == ("a", "b")
-    assert result.ratio == 1.0 and result.ci == (1.0, 1.0)
-    assert result.verdict.startswith("within noise")
+    assert [t.index for t in result.a.trials] == [t.index for t in result.b.trials] == [0, 1]
+    assert 0.98 < result.ratio < 1.02
 
 
 def test_an_open_ended_comparison_stops_when_decisive_and_says_so():
@@ -102,7 +103,7 @@ def test_an_open_ended_comparison_of_identical_variants_runs_to_its_last_look():
 
 def test_the_looks_keep_false_decisions_rare():
     """Stopping at the first of several looks that excludes 1 must not find differences that are not there."""
-    from labkit.ab import LOOK_CONFIDENCE, LOOKS
+    from labkit.core.compare import LOOK_CONFIDENCE, LOOKS
 
     rng = np.random.default_rng(3)
     draws, false = 200, 0

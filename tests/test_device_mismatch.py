@@ -56,8 +56,8 @@ def test_which_cache_forms_accelerate_moves():
     from accelerate.utils import send_to_device
     from transformers import DynamicCache
 
-    from labkit import upstream
-    from labkit.models import tiny_model
+    from labkit.llm import upstream
+    from labkit.llm.models import tiny_model
 
     model = tiny_model()
     name, skip = upstream.cache_argument(model), upstream.skip_keys(model)

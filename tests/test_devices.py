@@ -1,7 +1,7 @@
 import pytest
 
 from labkit import BadInput
-from labkit.devices import available, check_device
+from labkit.llm.devices import available, check_device
 
 
 def test_devices_that_exist_everywhere():
@@ -22,7 +22,7 @@ def test_cuda_zero_exists_on_a_gpu_machine():
 
 
 def test_device_pair_parses_and_refuses():
-    from labkit.devices import device_pair
+    from labkit.llm.devices import device_pair
 
     pair = device_pair("cpu, meta")
     assert (pair.first, pair.second, pair.placement_only) == ("cpu", "meta", True)
@@ -36,7 +36,7 @@ def test_device_pair_parses_and_refuses():
 def test_check_same_device_names_the_culprits():
     import torch
 
-    from labkit.devices import DeviceMismatch, check_same_device
+    from labkit.llm.devices import DeviceMismatch, check_same_device
 
     assert check_same_device(a=torch.zeros(1), b=torch.ones(2), c=None) == "cpu"
     with pytest.raises(DeviceMismatch, match="found ids on cpu; weight, bias on meta"):
@@ -46,7 +46,7 @@ def test_check_same_device_names_the_culprits():
 def test_placement_check_stops_what_meta_kernels_let_through():
     import torch
 
-    from labkit.devices import DeviceMismatch, placement_check
+    from labkit.llm.devices import DeviceMismatch, placement_check
 
     embed, ids = torch.nn.Embedding(10, 3, device="meta"), torch.tensor([1, 2])
     assert embed(ids).device.type == "meta"  # the embedding's meta kernel checks no devices

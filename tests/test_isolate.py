@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from labkit.errors import WrongResult
-from labkit.isolate import group_members, run_isolated
+from labkit.core.errors import WrongResult
+from labkit.isolation.isolated import group_members, run_isolated
 
 
 def returns_metrics():

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from labkit import cache_held_bytes, kv_cache_bytes, models
-from labkit.upstream import returned_cache
+from labkit import cache_held_bytes, kv_cache_bytes
+from labkit.llm import models
+from labkit.llm.upstream import returned_cache
 
 
 def test_matches_the_bytes_a_real_cache_holds_after_generate():

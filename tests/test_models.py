@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from labkit import BadInput, models
+from labkit import BadInput
+from labkit.llm import models
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,12 @@ def test_tokenizer_round_trips_and_generation_is_batch_invariant(tiny):
         assert torch.equal(alone[0], together[i])
 
 
-def test_large_vocabulary_variant():
+def test_a_large_vocabulary_model_scores_every_id_and_reads_the_tokenizer_s_ids(tiny):
+    """Sampling over Qwen's vocabulary (thread-storm) needs logits over all of it from real prompts."""
+    _, tok = tiny
     model = models.tiny_model(vocab_size=models.QWEN_VOCAB)
-    assert model.lm_head.out_features == 151_936
+    logits = model(tok(["A lock"], return_tensors="pt").input_ids).logits
+    assert logits.shape[-1] == models.QWEN_VOCAB and torch.isfinite(logits).all()
 
 
 def test_saved_checkpoint_loads_through_from_pretrained(tmp_path, tiny):

@@ -6,8 +6,9 @@ import types
 
 import pytest
 
-from labkit import Monitor, nvml
-from labkit import monitor as monitor_module
+from labkit import Monitor
+from labkit.machine import nvml
+from labkit.machine import monitor as monitor_module
 
 
 def test_it_samples_at_its_rate_and_stops():

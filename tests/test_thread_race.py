@@ -5,7 +5,8 @@ import threading
 import pytest
 
 from labkit import WrongResult, run
-from labkit.scenarios import qwen1_rotary, thread_race
+from labkit.llm import qwen1_rotary
+from labkit.scenarios import thread_race
 
 QUICK = {"tokens": 12}
 

@@ -1,15 +1,15 @@
 """thread-storm: every variant runs on the CPU. Speed is a benchmark (labkit compare), not a test;
 what is asserted here does not depend on timing."""
 
-import os
-
 import pytest
 import torch
 
 from labkit import run
-from labkit.scenarios.thread_storm import DEFAULT_THREADS, sample
+from labkit.scenarios.thread_storm import sample
 
-QUICK = {"workers": 2, "tokens": 2, "vocab": 4096, "batch": 2}
+# threads: the intra-op pool of each broken worker (the fixes use one), set here rather than left
+# at this machine's default, which is 1 where the VM shows one physical core
+QUICK = {"workers": 2, "tokens": 2, "vocab": 4096, "batch": 2, "threads": 3}
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +24,10 @@ def test_every_variant_generates(trials, variant):
     assert t.metrics["tokens_per_s"] > 0 and t.metrics["cpu_s_per_token"] > 0
 
 
-def test_broken_asks_for_more_threads_than_cores(trials):
-    cores = len(os.sched_getaffinity(0))
-    assert trials["broken"].metrics["threads_per_core"] == QUICK["workers"] * DEFAULT_THREADS / cores
-    assert trials["one-thread"].metrics["threads_per_core"] == QUICK["workers"] / cores
-    if DEFAULT_THREADS > 1:  # each broken worker carries an OpenMP pool of torch's default size
-        assert trials["broken"].metrics["os_threads"] > trials["one-thread"].metrics["os_threads"]
+def test_each_broken_worker_carries_a_pool_of_threads_the_fix_does_not(trials):
+    """Counted in the workers' /proc at the end, not computed: the OpenMP team each broken worker made."""
+    extra = trials["broken"].metrics["os_threads"] - trials["one-thread"].metrics["os_threads"]
+    assert extra >= QUICK["workers"] * (QUICK["threads"] - 1)
 
 
 def test_workers_as_threads():

@@ -10,8 +10,8 @@ import warnings
 import pytest
 import torch
 
-from labkit import upstream
-from labkit.models import tiny_model
+from labkit.llm import upstream
+from labkit.llm.models import tiny_model
 
 
 @pytest.fixture(scope="module")

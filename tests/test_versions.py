@@ -2,8 +2,9 @@
 
 import pytest
 
-from labkit import get, versions
-from labkit.upstream import installed
+from labkit import get
+from labkit.machine import versions
+from labkit.llm.upstream import installed
 
 
 def test_the_tested_set_pins_what_the_readme_installs_and_torch():

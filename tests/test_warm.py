@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import warm
-from labkit.isolate import run_isolated
+from labkit.isolation import warm
+from labkit.isolation.isolated import run_isolated
 
 
 def threads_and_seeds():
@@ -102,8 +102,8 @@ def test_a_busy_trial_is_not_still_and_ends_at_its_timeout():
 
 PARENT = textwrap.dedent("""
     import signal, sys, threading
-    from labkit.isolate import run_isolated
-    from labkit import warm
+    from labkit.isolation.isolated import run_isolated
+    from labkit.isolation import warm
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as a kernel or a terminal has it (a background job ignores it)
 

@@ -4,8 +4,8 @@ import time
 
 import psutil
 
-from labkit import monitor, nvml
-from labkit.widgets import device_map_panel, panel
+from labkit.machine import monitor, nvml
+from labkit.ui.widgets import device_map_panel, panel
 
 
 def test_run_twice_grows_the_table_and_draws_the_plot(cheap):
@@ -38,7 +38,7 @@ def test_stop_kills_a_hung_trial_and_leaves_nothing_behind(cheap):
 
 def _trials() -> list:
     """This process's live descendants but the warm templates (which stay, ready for the next trial)."""
-    from labkit.warm import live_templates
+    from labkit.isolation.warm import live_templates
 
     templates = set(live_templates())
     return [p for p in psutil.Process().children(recursive=True)
@@ -47,9 +47,9 @@ def _trials() -> list:
 
 def test_an_invalid_device_map_is_a_message_and_nothing_runs():
     box = device_map_panel()
-    runner, pickers = box.runner, box.children[1:8]
-    assert [p.value for p in pickers][:2] == ["cpu", "cpu"]  # filled from accelerate's balanced plan
-    pickers[3].value = ""
+    runner = box.runner
+    assert box.controls["embeddings"].value == box.controls["layer 0"].value == "cpu"  # accelerate's balanced plan
+    box.controls["layer 2"].value = ""
     runner.run_button.click()
     assert runner.thread is None
     assert "no device for layer 2; every row needs one" in runner.status.value

@@ -31,7 +31,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from labkit.versions import canonical, tested_set
+from labkit.machine.versions import canonical, tested_set
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "data" / "constraints.txt"

@@ -33,13 +33,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput, WrongResult
-from ..decoding import STEP_METRICS
-from ..devices import device_pair, pair_setting
-from ..scenario import Knob, Scenario, register
-from .. import upstream
-
-TINY = "tiny"
+from labkit.core.errors import BadInput, WrongResult
+from labkit.core.harness import metrics_on_failure, same_as_reference
+from labkit.core.scenario import Knob, Scenario, register
+from labkit.llm import upstream
+from labkit.llm.decoding import STEP_METRICS
+from labkit.llm.devices import device_pair, devices_knob
+from labkit.llm.models import TINY
 
 
 def _model_path(path: str) -> str:
@@ -51,8 +51,8 @@ def _model_path(path: str) -> str:
 def _check(knobs: dict[str, Any]) -> None:
     """An edited map is checked against the model's rows before any trial starts."""
     if knobs["device_map"] != "balanced":
-        from ..device_maps import empty_model, parse_map
-        from ..models import tiny_config
+        from labkit.llm.device_maps import empty_model, parse_map
+        from labkit.llm.models import tiny_config
 
         parse_map(knobs["device_map"], empty_model(tiny_config() if knobs["model"] == TINY else knobs["model"]))
 
@@ -62,12 +62,13 @@ mismatch = register(
         name="device-mismatch",
         summary="a model split over two devices by accelerate fails on step 2: the hook moved the KV cache",
         source="seed 001 (Qwen3 over GPUs with accelerate); transformers PRs 23919, 28051",
+        notebook="02_device_mismatches",
         confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24"), "accelerate": ("1.15",)},
         confirmed_setup="the cache passed as tuples, as transformers < 4.36 did; cpu + meta, and cpu + cuda:0 on an H100",
         knobs=(
-            Knob("devices", "auto", "'auto' or 'A,B': A is the main device (embeddings first), B the other",
-                 validate=pair_setting(lambda first: first != "meta", "meta cannot be the first (main) device: "
-                                       "nothing comes back from meta; put it second")),
+            devices_knob("'auto' or 'A,B': A is the main device (embeddings first), B the other",
+                         lambda first: first != "meta", "meta cannot be the first (main) device: nothing comes "
+                         "back from meta; put it second"),
             Knob("device_map", "balanced", "'balanced' (accelerate plans it) or one device per row: "
                  "embeddings, each layer, norm, head"),
             Knob("tokens", 6, "decoding steps; the failure is on the 2nd", low=2, high=64),
@@ -87,7 +88,7 @@ def legacy_cache_forward(model) -> None:
 
     That is the form transformers used before its Cache classes, and the one accelerate's hooks
     move. Set on the instance before dispatch, so accelerate's hook wraps it. The cache keeps the
-    keyword the model's own forward uses (:func:`~labkit.upstream.cache_argument`): that is the key
+    keyword the model's own forward uses (:func:`~labkit.llm.upstream.cache_argument`): that is the key
     ``skip_keys`` names, so with it the fix holds, and with a stale literal it would not.
     """
     import functools
@@ -111,7 +112,7 @@ def dispatched(checkpoint: str, device_map_spec: str, pair, skip_keys: bool):
     """The accelerate flow of seed 001: empty weights, a planned map, load, dispatch."""
     from accelerate import dispatch_model, load_checkpoint_in_model
 
-    from ..device_maps import quiet, balanced_map, empty_model, parse_map
+    from labkit.llm.device_maps import quiet, balanced_map, empty_model, parse_map
 
     model = empty_model(checkpoint)
     device_map = balanced_map(model, pair) if device_map_spec == "balanced" else parse_map(device_map_spec, model)
@@ -166,9 +167,9 @@ def check_cache_placement(past, device_map: dict[str, str], main: str) -> None:
 def _trial(knobs: dict[str, Any], skip_keys: bool) -> dict[str, Any]:
     import torch
 
-    from ..decoding import corpus_prompt, decode_by_hand, measured_decode
-    from ..device_maps import describe
-    from ..models import save_tiny
+    from labkit.llm.decoding import corpus_prompt, decode_by_hand, measured_decode
+    from labkit.llm.device_maps import describe
+    from labkit.llm.models import save_tiny
 
     pair = device_pair(knobs["devices"])
     steps = knobs["tokens"]
@@ -193,21 +194,18 @@ def _trial(knobs: dict[str, Any], skip_keys: bool) -> dict[str, Any]:
                 except WrongResult as exc:
                     notes["misplaced"] = f"after step {step}, {exc}"
 
-        try:
+        with metrics_on_failure(notes):
             tokens, metrics = measured_decode(model, torch.tensor([prompt], device=main), steps, feed, watch)
-        except Exception as exc:
-            exc.metrics = {**getattr(exc, "metrics", {}), **notes}
-            raise
+        metrics = {**metrics, **notes}
         if "misplaced" in notes:  # every step ran although a cache was in the wrong place
-            raise WrongResult(notes["misplaced"], {**metrics, **notes})
+            raise WrongResult(notes["misplaced"], metrics)
         if not placement_only:
             from transformers import AutoModelForCausalLM
 
             reference = decode_by_hand(AutoModelForCausalLM.from_pretrained(checkpoint).eval(),
                                        torch.tensor([prompt]), steps)
-            if tokens != reference:
-                raise WrongResult(f"split run said {tokens}, one-device run {reference}", {**metrics, **notes})
-    return {**metrics, **notes}
+            same_as_reference(tokens, reference, metrics, how="split run", reference_how="one-device run")
+    return metrics
 
 
 @mismatch.variant("broken", broken=True)

@@ -26,10 +26,11 @@ import tempfile
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
-from .. import upstream
-from ..scenario import Metric, Scenario, positive, register
+from labkit.core.harness import fork_context
+from labkit.core.scenario import Metric, Scenario, positive, register
+from labkit.llm import upstream
 
 PROMPT = 8  # prompt tokens per sequence
 log = logging.getLogger("labkit.oom-hang")
@@ -39,6 +40,7 @@ oom = register(
         name="oom-hang",
         summary="a rank's KV cache outgrows its budget; it logs the error and lives, its peer waits in all_reduce forever",
         source="seed 003 (lmdeploy TP=8 hang on out-of-memory): lmdeploy issue 2712",
+        notebook="04_tokenizer_deadlocks",
         confirmed_on={"torch": ("2.13",), "transformers": ("5.23", "5.24")},
         confirmed_setup="gloo, 2 CPU ranks on loopback; transformers' StaticCache",
         knobs=(
@@ -90,11 +92,11 @@ class Engine:
         return result
 
 
-def _rank(rank: int, store: str, knobs: dict, variant: str, results) -> None:
+def _rank(rank: int, store: str, knobs: dict, serve: Callable, results) -> None:
     import torch.distributed as dist
 
     try:
-        results.put((rank, "ok", _decode(rank, store, knobs, variant)))
+        results.put((rank, "ok", serve(rank, store, knobs)))
     except Exception as exc:  # noqa: BLE001 - reported to the trial process
         results.put((rank, "raised", f"rank {rank}: {type(exc).__name__}: {exc}"))
     finally:  # after the report: leaving the group closes the peer's connection, and its error would come first
@@ -102,52 +104,53 @@ def _rank(rank: int, store: str, knobs: dict, variant: str, results) -> None:
             dist.destroy_process_group()
 
 
-def _decode(rank: int, store: str, knobs: dict, variant: str) -> dict[str, float]:
+def _join(rank: int, store: str, knobs: dict, timeout: timedelta | None = None):
+    """Join the two-rank gloo group and build this rank's model; return it and the tokens its budget caches."""
     import torch
     import torch.distributed as dist
-    from transformers import StaticCache
 
-    from ..memory import kv_cache_bytes
-    from ..models import tiny_model
+    from labkit.llm.memory import kv_cache_bytes
+    from labkit.llm.models import tiny_model
 
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
-    timeout = timedelta(seconds=knobs["collective_timeout_s"]) if variant == "collective-timeout" else None
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            **({"timeout": timeout} if timeout else {}))
+                            **({"timeout": timeout} if timeout else {}))  # default: 30 minutes
     model = tiny_model()
-    batch, tokens = knobs["batch"], knobs["tokens"]
     budget = knobs["budget_kib"] * 1024 * (1 if rank == 1 else 4)
-    fits = budget // kv_cache_bytes(model.config, batch, 1, torch.float32)  # tokens this rank can cache
-    if variant == "budget-check":
-        # Every rank asks the same question before starting and takes the smallest answer, so
-        # they shrink the request together (or refuse it together) instead of one failing alone.
-        smallest = torch.tensor([fits])
-        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
-        tokens = min(tokens, int(smallest) - PROMPT + 1)  # the last new token is never cached
-        if tokens < 1:
-            raise RuntimeError(f"refused: the prompt alone needs more KV cache than {int(smallest)} tokens")
-    engine = Engine(model, StaticCache(config=model.config, max_cache_len=fits), propagate=variant == "collective-timeout")
+    return model, budget // kv_cache_bytes(model.config, knobs["batch"], 1, torch.float32)
+
+
+def _decode(engine: Engine, batch: int, tokens: int) -> dict[str, float]:
+    """Prefill, then one step per token, the ranks summing their logits after each (tensor parallelism)."""
+    import torch
+    import torch.distributed as dist
+
     ids = torch.randint(0, 1000, (batch, PROMPT), generator=torch.Generator().manual_seed(0))
     t0 = time.monotonic()
     logits = engine.step(ids)
     for step in range(tokens):
-        dist.all_reduce(logits)  # tensor parallelism: the ranks sum their partial logits
+        dist.all_reduce(logits)
         if step == tokens - 1:
             break
         logits = engine.step(logits.argmax(-1, keepdim=True))
     return {"tokens_per_s": batch * tokens / (time.monotonic() - t0), "tokens_generated": float(tokens)}
 
 
-def _ranks(knobs: dict, variant: str) -> dict[str, float]:
-    import multiprocessing as mp
+def _static_cache(model, tokens: int):
+    from transformers import StaticCache
 
+    return StaticCache(config=model.config, max_cache_len=tokens)
+
+
+def _ranks(knobs: dict, serve: Callable[[int, str, dict], dict[str, float]]) -> dict[str, float]:
+    """Fork two ranks that each run ``serve``; the first rank that fails ends the trial, with its reason."""
     import torch.distributed  # noqa: F401 - imported once here rather than in each forked rank
 
-    ctx = mp.get_context("fork")  # this process has run no threads or collectives yet
+    ctx = fork_context()  # this process has run no threads or collectives yet
     results = ctx.SimpleQueue()
     with tempfile.TemporaryDirectory(prefix="labkit-gloo-") as tmp:
-        ranks = [ctx.Process(target=_rank, args=(r, os.path.join(tmp, "store"), knobs, variant, results), name=f"rank-{r}")
+        ranks = [ctx.Process(target=_rank, args=(r, os.path.join(tmp, "store"), knobs, serve, results), name=f"rank-{r}")
                  for r in (0, 1)]
         for p in ranks:
             p.start()
@@ -155,26 +158,54 @@ def _ranks(knobs: dict, variant: str) -> dict[str, float]:
         while len(answers) < len(ranks):
             rank, status, value = results.get()  # broken: no rank ever answers
             if status == "raised":
-                raise RuntimeError(value)  # the first rank to fail ends the trial, with its reason
+                raise RuntimeError(value)
             answers[rank] = value
         for p in ranks:
             p.join()
     return answers[0]
 
 
+def _broken_rank(rank: int, store: str, knobs: dict) -> dict[str, float]:
+    model, fits = _join(rank, store, knobs)
+    engine = Engine(model, _static_cache(model, fits), propagate=False)
+    return _decode(engine, knobs["batch"], knobs["tokens"])
+
+
 @oom.variant("broken", broken=True)
 def broken(**knobs: Any) -> dict[str, float]:
     """Rank 1's engine logs the failed step and waits; rank 0 waits in all_reduce: nothing ends."""
-    return _ranks(knobs, "broken")
+    return _ranks(knobs, _broken_rank)
+
+
+def _budget_check_rank(rank: int, store: str, knobs: dict) -> dict[str, float]:
+    import torch
+    import torch.distributed as dist
+
+    model, fits = _join(rank, store, knobs)
+    # Every rank asks the same question before starting and takes the smallest answer, so they
+    # shrink the request together (or refuse it together) instead of one failing alone.
+    smallest = torch.tensor([fits])
+    dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+    tokens = min(knobs["tokens"], int(smallest) - PROMPT + 1)  # the last new token is never cached
+    if tokens < 1:
+        raise RuntimeError(f"refused: the prompt alone needs more KV cache than {int(smallest)} tokens")
+    engine = Engine(model, _static_cache(model, fits), propagate=False)
+    return _decode(engine, knobs["batch"], tokens)
 
 
 @oom.variant("budget-check")
 def budget_check(**knobs: Any) -> dict[str, float]:
     """Estimate the KV cache from the config first; every rank shrinks the request to what all can hold."""
-    return _ranks(knobs, "budget-check")
+    return _ranks(knobs, _budget_check_rank)
+
+
+def _collective_timeout_rank(rank: int, store: str, knobs: dict) -> dict[str, float]:
+    model, fits = _join(rank, store, knobs, timeout=timedelta(seconds=knobs["collective_timeout_s"]))
+    engine = Engine(model, _static_cache(model, fits), propagate=True)  # the worker's error reaches the loop
+    return _decode(engine, knobs["batch"], knobs["tokens"])
 
 
 @oom.variant("collective-timeout")
 def collective_timeout(**knobs: Any) -> dict[str, float]:
     """A process-group timeout, and the engine passes the worker's error to its main loop: it raises."""
-    return _ranks(knobs, "collective-timeout")
+    return _ranks(knobs, _collective_timeout_rank)

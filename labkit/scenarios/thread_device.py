@@ -13,7 +13,7 @@ a worker thread whose new tensors follow that thread's own default. On two GPUs 
 the worker: the report's own error. With one GPU the model goes to ``cuda:0`` under
 ``set_default_device`` and the worker's ids stay on the CPU. With no GPU the model goes to ``meta``;
 the embedding's meta kernel checks no devices (CPU ids in, meta out, and all after it is meta), so
-:func:`labkit.devices.placement_check` (forward pre-hooks) is what raises there, naming the
+:func:`labkit.llm.devices.placement_check` (forward pre-hooks) is what raises there, naming the
 tensors: a placement check, labelled as such in each result.
 """
 
@@ -23,10 +23,11 @@ import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import BadInput, WrongResult
-from ..decoding import STEP_METRICS
-from ..devices import device_pair, pair_setting
-from ..scenario import Knob, Scenario, register
+from labkit.core.errors import BadInput
+from labkit.core.harness import metrics_on_failure, same_as_reference
+from labkit.core.scenario import Knob, Scenario, register
+from labkit.llm.decoding import STEP_METRICS
+from labkit.llm.devices import device_pair, devices_knob
 
 CONTEXTS = ("auto", "set_default_device", "torch.device", "cuda.set_device")
 
@@ -51,12 +52,13 @@ threaded = register(
         name="thread-device",
         summary="the default/current device is per thread: a model made under a context, used from a worker",
         source="seed 004 (Outlines, model made in one thread, generation in another): dottxt-ai/outlines issue 679",
+        notebook="02_device_mismatches",
         confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="2-core x86-64 (cpu + meta); an H100 (cpu + cuda:0)",
         knobs=(
-            Knob("devices", "auto", "'auto' or 'A,B': A is where a new thread's tensors land, B the context's device",
-                 validate=pair_setting(lambda first: first in ("cpu", "cuda:0"), "the first device is where a "
-                                       "new thread's tensors land: cpu (default device) or cuda:0 (current CUDA device)")),
+            devices_knob("'auto' or 'A,B': A is where a new thread's tensors land, B the context's device",
+                         lambda first: first in ("cpu", "cuda:0"), "the first device is where a new thread's "
+                         "tensors land: cpu (default device) or cuda:0 (current CUDA device)"),
             Knob("context", "auto", "how the main thread sets its device", choices=CONTEXTS),
             Knob("tokens", 6, "decoding steps", low=1, high=64),
         ),
@@ -82,10 +84,60 @@ def device_context(how: str, device: str):
     return contextlib.nullcontext()
 
 
+class _Setup:
+    """What every variant of one trial shares: the devices, the context, the prompt, the notes."""
+
+    def __init__(self, knobs: dict[str, Any]):
+        from labkit.llm.decoding import corpus_prompt
+
+        self.pair = device_pair(knobs["devices"])
+        self.how = _context(self.pair, knobs["context"])
+        self.steps = knobs["tokens"]
+        self.prompt, self.feed = corpus_prompt(steps=self.steps)
+        # "cuda" unqualified follows the thread's current device; elsewhere the context's default does
+        self.unqualified = "cuda" if self.how == "cuda.set_device" else None
+        self.notes = {
+            "devices": f"{self.pair} ({self.pair.why})",
+            "context": self.how,
+            "check": "placement: labkit's pre-hooks, since the embedding's meta kernel checks no devices"
+            if self.pair.placement_only else "torch's own device checks, and the tokens against a one-thread CPU run",
+        }
+
+    def under_context(self):
+        """Model and prompt made under the context, in the calling thread: what seed 004's main thread did."""
+        import torch
+
+        from labkit.llm.models import tiny_model
+
+        with device_context(self.how, self.pair.second):
+            model = tiny_model().to(self.unqualified) if self.unqualified else tiny_model()
+            return model, torch.tensor([self.prompt], device=self.unqualified)
+
+    def decode_in_worker(self, work) -> dict[str, Any]:
+        """Run ``work() -> (model, ids)`` and the decode in one worker thread; check the tokens."""
+        import torch
+
+        from labkit.llm.decoding import decode_by_hand
+        from labkit.llm.models import tiny_model
+
+        def in_worker():
+            model, ids = work()
+            return _decode(model, ids, self.steps, self.feed, self.pair.placement_only)
+
+        with metrics_on_failure(self.notes), ThreadPoolExecutor(1, thread_name_prefix="generator") as pool:
+            tokens, metrics = pool.submit(in_worker).result()
+        metrics = {**metrics, **self.notes}
+        if not self.pair.placement_only:
+            # named "cpu": this (main) thread's default device may be the context's by now
+            reference = decode_by_hand(tiny_model().to("cpu"), torch.tensor([self.prompt], device="cpu"), self.steps)
+            same_as_reference(tokens, reference, metrics, how="worker", reference_how="one-thread CPU run")
+        return metrics
+
+
 def _decode(model, prompt_ids, steps: int, feed, placement_only: bool) -> tuple[list[int], dict[str, float]]:
     """Decode with the placement check on where torch checks nothing (meta)."""
-    from ..decoding import measured_decode
-    from ..devices import placement_check
+    from labkit.llm.decoding import measured_decode
+    from labkit.llm.devices import placement_check
 
     handles = placement_check(model) if placement_only else []
     try:
@@ -95,69 +147,32 @@ def _decode(model, prompt_ids, steps: int, feed, placement_only: bool) -> tuple[
             h.remove()
 
 
-def _trial(knobs: dict[str, Any], variant: str) -> dict[str, Any]:
-    import torch
-
-    from ..decoding import corpus_prompt, decode_by_hand
-    from ..models import tiny_model
-
-    pair = device_pair(knobs["devices"])
-    how = _context(pair, knobs["context"])
-    steps = knobs["tokens"]
-    prompt, feed = corpus_prompt(steps=steps)
-    notes = {
-        "devices": f"{pair} ({pair.why})",
-        "context": how,
-        "check": "placement: labkit's pre-hooks, since the embedding's meta kernel checks no devices"
-        if pair.placement_only else "torch's own device checks, and the tokens against a one-thread CPU run",
-    }
-    unqualified = "cuda" if how == "cuda.set_device" else None  # "cuda" follows the thread's current device
-
-    def make():
-        """Model and prompt made under the context, in the calling thread."""
-        with device_context(how, pair.second):
-            model = tiny_model().to(unqualified) if unqualified else tiny_model()
-            return model, torch.tensor([prompt], device=unqualified)
-
-    def worker(model=None):
-        if variant == "same-thread":
-            model, ids = make()  # context, model, inputs and decoding in one thread
-        elif variant == "explicit-device":
-            model = tiny_model().to(pair.second)  # every device named with its index
-            ids = torch.tensor([prompt], device=pair.second)
-        else:
-            ids = torch.tensor([prompt], device=unqualified)  # this thread's own default
-        return _decode(model, ids, steps, feed, pair.placement_only)
-
-    try:
-        shared = make()[0] if variant == "broken" else None
-        with ThreadPoolExecutor(1, thread_name_prefix="generator") as pool:
-            tokens, metrics = pool.submit(worker, shared).result()
-    except Exception as exc:
-        exc.metrics = {**getattr(exc, "metrics", {}), **notes}
-        raise
-    metrics = {**metrics, **notes}
-    if not pair.placement_only:
-        # named "cpu": this (main) thread's default device may be the context's by now
-        reference = decode_by_hand(tiny_model().to("cpu"), torch.tensor([prompt], device="cpu"), steps)
-        if tokens != reference:
-            raise WrongResult(f"worker said {tokens}, one-thread CPU run {reference}", metrics)
-    return metrics
-
-
 @threaded.variant("broken", broken=True)
 def broken(**knobs: Any) -> dict[str, Any]:
     """Model made under the main thread's device context; the worker's ids land on its own default device."""
-    return _trial(knobs, "broken")
+    import torch
+
+    setup = _Setup(knobs)
+    with metrics_on_failure(setup.notes):
+        model, _ = setup.under_context()  # in this, the main thread
+    # in the worker: this thread's own default device, not the main thread's
+    return setup.decode_in_worker(lambda: (model, torch.tensor([setup.prompt], device=setup.unqualified)))
 
 
 @threaded.variant("explicit-device")
 def explicit_device(**knobs: Any) -> dict[str, Any]:
     """Name the device index everywhere (model.to("cuda:1"), tensors with device="cuda:1"): no context needed."""
-    return _trial(knobs, "explicit-device")
+    import torch
+
+    from labkit.llm.models import tiny_model
+
+    setup = _Setup(knobs)
+    where = setup.pair.second
+    return setup.decode_in_worker(lambda: (tiny_model().to(where), torch.tensor([setup.prompt], device=where)))
 
 
 @threaded.variant("same-thread")
 def same_thread(**knobs: Any) -> dict[str, Any]:
     """Enter the context, make the model and its inputs, and generate, all in the worker thread."""
-    return _trial(knobs, "same-thread")
+    setup = _Setup(knobs)
+    return setup.decode_in_worker(setup.under_context)

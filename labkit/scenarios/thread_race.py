@@ -22,9 +22,10 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from ..devices import usable_cores
-from ..errors import BadInput, WrongResult
-from ..scenario import Knob, Metric, Scenario, positive, register
+from labkit.core.errors import BadInput, WrongResult
+from labkit.core.harness import fork_context, together, with_metrics
+from labkit.core.scenario import Knob, Metric, Scenario, positive, register
+from labkit.llm.devices import usable_cores
 
 LENGTHS = (6, 40, 12, 48, 20, 36, 9, 56)  # around the trained length (32): NTK factors 1 and 3
 BATCH_WINDOW_S = 0.005  # how long the batching server waits for more requests after the first
@@ -37,7 +38,7 @@ threads, so the default pool would hide the difference between the serving strat
 
 
 def _compute_device(name: str) -> str:
-    from ..devices import check_device
+    from labkit.llm.devices import check_device
 
     device = check_device(name)
     if device == "meta":
@@ -50,6 +51,7 @@ race = register(
         name="thread-race",
         summary="threads share a lazily rebuilt rotary cache (Qwen-1): TypeError or silently wrong answers",
         source="seed 000 (Qwen-1.8B from threads): QwenLM/Qwen issue 1303",
+        notebook="01_thread_races",
         confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="Qwen3 with Qwen-1's rotary pattern; 2-core x86-64, and an H100 (cuda:0)",
         knobs=(
@@ -71,10 +73,10 @@ race = register(
 
 def prompts(n: int) -> list[list[int]]:
     """N token-id prompts cut from the corpus, of the lengths in LENGTHS (cycled)."""
-    from ..models import data_dir, tiny_tokenizer
+    from labkit.llm.models import corpus_ids
 
-    ids = tiny_tokenizer()((data_dir() / "corpus.txt").read_text())["input_ids"]
-    return [ids[7 * i: 7 * i + LENGTHS[i % len(LENGTHS)]] for i in range(n)]
+    ids = corpus_ids()
+    return [list(ids[7 * i: 7 * i + LENGTHS[i % len(LENGTHS)]]) for i in range(n)]
 
 
 def generate(model, batch: list[list[int]], tokens: int, device: str) -> list[list[int]]:
@@ -91,8 +93,8 @@ def generate(model, batch: list[list[int]], tokens: int, device: str) -> list[li
 
 
 def _model(device: str, rotary: Callable | None = None):
-    from ..models import tiny_model
-    from .qwen1_rotary import LazySharedRotary, install
+    from labkit.llm.models import tiny_model
+    from labkit.llm.qwen1_rotary import LazySharedRotary, install
 
     model = tiny_model().to(device)
     install(model, rotary or LazySharedRotary)
@@ -116,8 +118,7 @@ def _outcome(references, answers, errors, wall: float, tokens: int) -> dict[str,
     metrics = {"tokens_per_s": len(references) * tokens / wall, "requests_failed": float(len(failed))}
     first_error = next((e for e in errors if e is not None), None)
     if first_error is not None:
-        first_error.metrics = metrics  # the isolated child keeps these with the "raised" outcome
-        raise first_error
+        raise with_metrics(first_error, metrics)
     if failed:
         raise WrongResult(f"{len(failed)} of {len(references)} requests differ from their solo run: {failed}", metrics)
     return metrics
@@ -128,28 +129,6 @@ def _serving_setup(knobs: dict) -> tuple[str, int]:
 
     torch.set_num_threads(knobs["torch_threads"])
     return knobs["device"], knobs["tokens"]
-
-
-def _clients(count: int, serve: Callable[[int], list[int]]) -> tuple[list[Any], list[BaseException | None], float]:
-    """Start one client thread per request, all released together; return answers, errors, wall time."""
-    answers: list[Any] = [None] * count
-    errors: list[BaseException | None] = [None] * count
-    start = threading.Barrier(count)
-
-    def client(i: int) -> None:
-        start.wait()
-        try:
-            answers[i] = serve(i)
-        except Exception as exc:  # noqa: BLE001 - each request's failure is reported
-            errors[i] = exc
-
-    threads = [threading.Thread(target=client, args=(i,), name=f"request-{i}") for i in range(count)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return answers, errors, time.monotonic() - t0
 
 
 def _threads(knobs: dict, rotary=None, guard: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
@@ -163,7 +142,7 @@ def _threads(knobs: dict, rotary=None, guard: Callable[[], Any] = contextlib.nul
         with guard():
             return generate(model, [requests[i]], tokens, device)[0]
 
-    answers, errors, wall = _clients(len(requests), serve)
+    answers, errors, wall = together(len(requests), serve, name="request")
     return _outcome(references, answers, errors, wall, tokens)
 
 
@@ -183,9 +162,31 @@ def lock(**knobs: Any) -> dict[str, float]:
 @race.variant("per-thread")
 def per_thread(**knobs: Any) -> dict[str, float]:
     """Tables precomputed once and never written; each thread keeps its own NTK factor."""
-    from .qwen1_rotary import PerThreadRotary
+    from labkit.llm.qwen1_rotary import PerThreadRotary
 
     return _threads(knobs, rotary=PerThreadRotary)
+
+
+def interleaving(threads: int = 8, tokens: int = 8) -> list[dict]:
+    """The broken variant's requests on a model whose rotary module logs each rebuild and read, by
+    thread (:class:`~labkit.llm.qwen1_rotary.TracedRotary`), and each request that raised. Run it
+    isolated (``labkit.run_isolated(interleaving)``): it races."""
+    from labkit.llm.models import tiny_model
+    from labkit.llm.qwen1_rotary import TracedRotary, install
+
+    model = tiny_model()
+    rotary = install(model, TracedRotary)
+    requests = prompts(threads)
+
+    def serve(i: int) -> list[int]:
+        try:
+            return generate(model, [requests[i]], tokens, "cpu")[0]
+        except Exception as exc:
+            rotary.log.append({"thread": threading.current_thread().name, "event": f"raised {type(exc).__name__}"})
+            raise
+
+    together(threads, serve, name="request")
+    return rotary.log
 
 
 class BatchingServer:
@@ -243,7 +244,7 @@ def batched(**knobs: Any) -> dict[str, float]:
     requests = prompts(knobs["threads"])
     references = solo_answers(requests, tokens, device)
     server = BatchingServer(_model(device), tokens, device)
-    answers, errors, wall = _clients(len(requests), lambda i: server.submit(requests[i]).result())
+    answers, errors, wall = together(len(requests), lambda i: server.submit(requests[i]).result(), name="request")
     server.close()
     metrics = _outcome(references, answers, errors, wall, tokens)
     return {**metrics, "batches": float(len(server.batches))}
@@ -269,12 +270,10 @@ def _worker_generate(args: tuple[list[int], int, str]) -> list[int]:
 @race.variant("processes")
 def processes(**knobs: Any) -> dict[str, float]:
     """A pool of worker processes, one model each, one torch thread each: no shared state at all."""
-    import multiprocessing as mp
-
     device, tokens = knobs["device"], knobs["tokens"]
     requests = prompts(knobs["threads"])
     size = min(usable_cores(), len(requests))
-    ctx = mp.get_context("fork")  # forked before this process starts any thread or touches CUDA
+    ctx = fork_context()  # forked before this process starts any thread or touches CUDA
     ready = ctx.Barrier(size + 1)
     with ctx.Pool(size, initializer=_worker_start, initargs=(device, ready)) as pool:
         references = solo_answers(requests, tokens, device)  # in this process, after the fork

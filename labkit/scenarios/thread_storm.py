@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import os
 import resource
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import psutil
 
-from ..devices import usable_cores
-from ..scenario import Knob, Metric, Scenario, positive, register
+from labkit.core.harness import fork_context, together
+from labkit.core.scenario import Knob, Metric, Scenario, positive, register
+from labkit.llm.devices import usable_cores
 
 DEFAULT_THREADS = psutil.cpu_count(logical=False) or os.cpu_count() or 1  # torch's own default
 
@@ -39,6 +39,7 @@ storm = register(
         name="thread-storm",
         summary="CPU oversubscription: W workers x a full intra-op pool each, sampling over a 152k vocabulary",
         source="seed 002 (ExLlamaV2 CPU at 100%): exllamav2 issue 508; pytorch issue 80777",
+        notebook="03_cpu_thread_storms",
         confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="sampling on the CPU, OpenMP (libgomp); 2-core x86-64, and the 16-core host of an H100",
         knobs=(
@@ -80,7 +81,7 @@ def generation_loop(model, *, batch: int, tokens: int, top_p: float, seed: int, 
     """Prefill a random prompt, then ``tokens`` decode steps: forward, then sample every logit."""
     import torch
 
-    from ..upstream import cache_argument, returned_cache
+    from labkit.llm.upstream import cache_argument, returned_cache
 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 1000, (batch, 8), generator=gen)
@@ -106,7 +107,7 @@ def _measured(work: Callable[[], int]) -> dict[str, float]:
 
 
 def _process_worker(index: int, knobs: dict, setup: Callable[[], Any], barrier, results) -> None:
-    from labkit.models import tiny_model
+    from labkit.llm.models import tiny_model
 
     region = setup()  # sets this worker's thread pools; returns a context factory for the hot loop
     model = tiny_model(vocab_size=knobs["vocab"])
@@ -117,13 +118,9 @@ def _process_worker(index: int, knobs: dict, setup: Callable[[], Any], barrier, 
 
 
 def _in_processes(knobs: dict, setup: Callable[[], Any]) -> list[dict[str, float]]:
-    import multiprocessing as mp
-
     from transformers import Qwen3ForCausalLM  # noqa: F401 - import once here, not once per worker
 
-    if threading.active_count() != 1:
-        raise RuntimeError("refusing to fork workers from a process that already runs threads")
-    ctx = mp.get_context("fork")  # see the module docstring: nothing but imports has run yet
+    ctx = fork_context()  # see the module docstring: nothing but imports has run yet
     barrier, results = ctx.Barrier(knobs["workers"]), ctx.SimpleQueue()
     procs = [ctx.Process(target=_process_worker, args=(i, knobs, setup, barrier, results)) for i in range(knobs["workers"])]
     for p in procs:
@@ -137,22 +134,19 @@ def _in_processes(knobs: dict, setup: Callable[[], Any]) -> list[dict[str, float
 
 
 def _in_threads(knobs: dict, setup: Callable[[], Any], sampler: Callable = sample) -> list[dict[str, float]]:
-    from labkit.models import tiny_model
+    from labkit.llm.models import tiny_model
 
     region = setup()
     model = tiny_model(vocab_size=knobs["vocab"])
-    done: list[int] = []
 
-    def worker(index: int) -> None:
+    def worker(index: int) -> int:
         with region():  # inside the thread: OpenMP's thread count is a per-thread setting
-            done.append(generation_loop(model, batch=knobs["batch"], tokens=knobs["tokens"], top_p=knobs["top_p"], seed=index, sampler=sampler))
+            return generation_loop(model, batch=knobs["batch"], tokens=knobs["tokens"], top_p=knobs["top_p"], seed=index, sampler=sampler)
 
     def all_workers() -> int:
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(knobs["workers"])]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        done, errors, _ = together(knobs["workers"], worker)
+        if any(errors):
+            raise next(e for e in errors if e)
         return sum(done)
 
     return [_measured(all_workers)]

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import time
 
-from ..scenario import Metric, Scenario, positive, register
+from labkit.core.scenario import Metric, Scenario, positive, register
 
 deadlock = register(
     Scenario(
         name="tokenizer-deadlock",
         summary="fork after the tokenizer's Rust thread pool ran: the forked workers wait forever",
         source="seed 003 (lmdeploy hang; TOKENIZERS_PARALLELISM=false helped): lmdeploy issue 2712; tokenizers issues 187, 258",
+        notebook="04_tokenizer_deadlocks",
         confirmed_on={"tokenizers": ("0.23",)},
         confirmed_setup="the rayon pool, Linux fork; Python 3.11",
         knobs=(
@@ -48,9 +49,9 @@ _tokenizer = None  # set in the trial process; forked workers inherit it, spawne
 
 
 def _texts(batch: int) -> list[str]:
-    from ..models import data_dir
+    from labkit.llm.models import corpus
 
-    lines = [line for line in (data_dir() / "corpus.txt").read_text().splitlines() if line.strip()]
+    lines = [line for line in corpus().splitlines() if line.strip()]
     return [lines[i % len(lines)] for i in range(batch)]
 
 
@@ -59,7 +60,7 @@ def _load_tokenizer() -> None:
     if _tokenizer is None:
         from tokenizers import Tokenizer
 
-        from ..models import tiny_dir
+        from labkit.llm.models import tiny_dir
 
         _tokenizer = Tokenizer.from_file(str(tiny_dir() / "tokenizer.json"))
 

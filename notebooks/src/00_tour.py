@@ -104,10 +104,10 @@ mine.table()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(mine.verdict.split(" (")[0])
+print(mine.answer)
 
 # %%
-mine.plot()
+labkit.comparison_figure(mine)
 
 # %% [markdown]
 # ## Play
@@ -118,6 +118,6 @@ mine.plot()
 # Notebook 03 explains why (libgomp spins hardest when a team fits the cores).
 
 # %%
-from labkit.widgets import panel
+from labkit import panel
 
 panel("thread-storm", knobs=["workers", "threads"])

@@ -14,7 +14,7 @@
 # or another factor. The report's fixes: a lock, processes, batching, a request queue.
 #
 # **Here**: Qwen-1's modeling code is remote code that cannot be loaded offline, so labkit rebuilds the
-# racing part of it in a small module (`labkit/scenarios/qwen1_rotary.py`, same shared state, same
+# racing part of it in a small module (`labkit/llm/qwen1_rotary.py`, same shared state, same
 # order of writes) and installs it into the real transformers Qwen3 model. Each trial serves 8 requests
 # of different prompt lengths from 8 threads at once and checks every answer against the same request
 # run alone (greedy decoding). Quick mode generates 16 tokens per request.
@@ -26,7 +26,7 @@ import pandas as pd
 
 import labkit
 from labkit import LivePlot
-from labkit.scenarios import qwen1_rotary
+from labkit.llm import qwen1_rotary
 
 race = labkit.get("thread-race")
 QUICK = dict(race.quick)
@@ -59,59 +59,28 @@ print("the broken variant failed:", broken.outcome in ("raised", "wrong"))
 # %% [markdown]
 # ## Why: watch the interleaving
 #
-# The function below runs in an isolated child (defined here, it travels there by value). It installs a
-# subclass of the rotary module that records every write and read of the shared state with the thread
-# that made it, serves 8 requests from 8 threads, and returns the log. Look for a thread that **reads**
-# between another thread's "length raised" and its "tables assigned".
+# `thread_race.interleaving` serves the same 8 requests from 8 threads on a model whose rotary module is
+# Qwen-1's pattern unchanged but for a log: every rebuild and every read of the shared state, with the
+# thread that made it. Each row says what the reader **needs** (the sequence length of its call), what the
+# module's cached **length says**, and how many rows the **tables hold** at that moment. It runs isolated,
+# like a trial: it races.
 
 # %%
-def traced_race(threads=8, tokens=8):
-    import threading
+from labkit.scenarios import thread_race
 
-    from labkit.scenarios import qwen1_rotary, thread_race
-
-    log = []
-
-    class Traced(qwen1_rotary.LazySharedRotary):
-        def update_rotary_pos_emb_cache(self, seqlen, alpha, device):
-            me = threading.current_thread().name
-            if seqlen > self._seq_len_cached or alpha != self._ntk_alpha_cached:
-                log.append((me, "length raised", max(2 * seqlen, 16), alpha))
-                super().update_rotary_pos_emb_cache(seqlen, alpha, device)
-                log.append((me, "tables assigned", self._seq_len_cached, alpha))
-            cache = self._rotary_pos_emb_cache
-            log.append((me, "reads tables", None if cache is None else len(cache[0]), self._ntk_alpha_cached))
-
-    model = thread_race._model("cpu", Traced)
-    requests = thread_race.prompts(threads)
-    start = threading.Barrier(threads)
-
-    def client(i):
-        start.wait()
-        try:
-            thread_race.generate(model, [requests[i]], tokens, "cpu")
-        except Exception as exc:
-            log.append((threading.current_thread().name, f"raised {type(exc).__name__}", None, None))
-
-    workers = [threading.Thread(target=client, args=(i,), name=f"request-{i}") for i in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
-    return {"log": log}
-
-
-traced = labkit.run_isolated(traced_race, timeout=120)
-log = pd.DataFrame(traced.value["log"], columns=["thread", "event", "table length", "NTK factor"])
+traced = labkit.run_isolated(thread_race.interleaving, timeout=120)
+log = pd.DataFrame(traced.value)
 log.head(16)
 
 # %% [markdown]
-# Every `reads tables` row whose table length is `None`, or shorter than the reader needs, is a read
-# that landed inside another thread's rebuild. The fixes remove the shared writes (per-thread), make
+# A read whose tables hold nothing (`None`) or fewer rows than it needs landed inside another thread's
+# rebuild, between the length being raised and the tables being assigned: the length already said "big
+# enough", so the reader skipped its own rebuild. The fixes remove the shared writes (per-thread), make
 # them one at a time (lock), or leave one thread alone with the model (batched, processes).
 
 # %%
-log[log["event"].str.startswith("raised") | log["table length"].isna()].head(10)
+torn = log[(log["event"] == "reads tables") & ~(log["tables hold"] >= log["needs"])]
+pd.concat([torn, log[log["event"].str.startswith("raised")]]).sort_index().head(10)
 
 # %% [markdown]
 # ## The fixes
@@ -152,10 +121,10 @@ ab.table()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(ab.verdict.split(" (")[0])
+print(ab.answer)
 
 # %%
-ab.plot()
+labkit.comparison_figure(ab)
 
 # %% [markdown]
 # ## Tokens per second over 1, 4 and 8 concurrent requests
@@ -166,7 +135,7 @@ ab.plot()
 
 # %%
 sweep = labkit.sweep(race, ["lock", "batched"], {"threads": [1, 4, 8]}, knobs=QUICK)
-sweep.plot("tokens_per_s")
+labkit.sweep_figure(sweep, "tokens_per_s")
 
 # %%
 sweep.table("tokens_per_s")
@@ -179,6 +148,6 @@ sweep.table("tokens_per_s")
 # try `batched` with `torch_threads` 1 and then 2.
 
 # %%
-from labkit.widgets import panel
+from labkit import panel
 
 panel("thread-race", knobs=["threads", "tokens", "torch_threads"])

@@ -27,7 +27,7 @@ import torch
 
 import labkit
 from labkit import LivePlot
-from labkit.devices import device_pair
+from labkit import device_pair
 
 mismatch, threaded = labkit.get("device-mismatch"), labkit.get("thread-device")
 pair = device_pair()
@@ -71,7 +71,7 @@ print("failed:", broken.outcome == "raised", "| steps completed before it:", int
 # %%
 import tempfile
 
-from labkit.models import save_tiny
+from labkit import save_tiny
 from labkit.scenarios.device_mismatch import dispatched, where_the_cache_goes
 
 prompt = torch.tensor([[5, 6, 7, 8]])
@@ -99,7 +99,7 @@ pd.DataFrame(rows, index=[f"layer {i}" for i in range(len(rows["map says"]))])
 # works, with a warning, until 5.40), and `_skip_keys_device_placement` with it. Code that still hands
 # the cache over as `past_key_values=` on 5.24 gets it moved although `skip_keys` is set: the fix
 # silently stops working. labkit's own trials did exactly that on the day 5.24 came out; they now read
-# the name from the model (`labkit.upstream.cache_argument`):
+# the name from the model (`labkit.llm.upstream.cache_argument`):
 
 # %%
 import accelerate
@@ -107,7 +107,7 @@ import transformers
 from accelerate.utils import send_to_device
 from transformers import DynamicCache
 
-from labkit import upstream
+from labkit.llm import upstream
 
 legacy = ((torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4)),)
 tuples_moved = send_to_device(legacy, "meta")[0][0]
@@ -121,7 +121,7 @@ print(f"transformers {transformers.__version__.split('.')[0]}.x, accelerate {acc
       "tuples moved:", tuples_moved.is_meta, "| DynamicCache moved:", cache_moved.is_meta)
 
 # %%
-from labkit.models import tiny_model
+from labkit import tiny_model
 
 print(f"transformers {transformers.__version__}: the forward takes the cache as {upstream.cache_argument(tiny_model())!r};",
       f"skip_keys = {upstream.skip_keys(tiny_model())}")
@@ -162,7 +162,7 @@ print("skip-keys:", fixed.outcome, "| steps:", int(fixed.metrics["steps_complete
 # *offload* (weights kept on the CPU, run on the GPU), so such a map never fails.
 
 # %%
-from labkit.widgets import device_map_panel
+from labkit import device_map_panel
 
 device_map_panel()
 
@@ -203,12 +203,12 @@ print("failed:", t_broken.outcome == "raised", "| steps completed:", int(t_broke
 # %% [markdown]
 # ### The check, for your own code
 #
-# `labkit.devices.check_same_device(**tensors)` returns the one device they share or raises naming each
-# tensor; `labkit.devices.placement_check(model)` installs it as a pre-hook on every module with weights.
+# `labkit.check_same_device(**tensors)` returns the one device they share or raises naming each
+# tensor; `labkit.llm.devices.placement_check(model)` installs it as a pre-hook on every module with weights.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from labkit.devices import DeviceMismatch, check_same_device
+from labkit import DeviceMismatch, check_same_device
 
 try:
     check_same_device(input_ids=torch.tensor([[1, 2]]), weight=torch.empty(4, 4, device="meta"))
@@ -250,7 +250,7 @@ else:
 # context's device); `context` is how the main thread sets it.
 
 # %%
-from labkit.widgets import panel
+from labkit import panel
 
 panel("thread-device", knobs=["devices", "context", "tokens"])
 

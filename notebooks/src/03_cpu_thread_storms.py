@@ -86,11 +86,11 @@ ab.table()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(ab.verdict.split(" (")[0])
-print(ab.for_metric("tokens_per_s").verdict.split(" (")[0])
+print(ab.answer)
+print(ab.for_metric("tokens_per_s").answer)
 
 # %%
-ab.plot()
+labkit.comparison_figure(ab)
 
 # %% [markdown]
 # ## Every fix
@@ -137,10 +137,10 @@ grid = labkit.sweep(
     storm, "broken", {"threads": threads, "workers": workers}, knobs=QUICK,
     env=lambda k: {"OMP_NUM_THREADS": str(k["threads"]), "MKL_NUM_THREADS": str(k["threads"])},
 )
-grid.plot("tokens_per_s")
+labkit.sweep_figure(grid, "tokens_per_s")
 
 # %%
-grid.plot("cpu_s_per_token")
+labkit.sweep_figure(grid, "cpu_s_per_token")
 
 # %% [markdown]
 # The diagonal where workers x threads exceeds the cores is where the CPU per token climbs; on this
@@ -152,6 +152,6 @@ grid.plot("cpu_s_per_token")
 # Workers, torch threads per broken worker, vocabulary size, and the variant. Each Run adds a row.
 
 # %%
-from labkit.widgets import panel
+from labkit import panel
 
 panel("thread-storm", knobs=["workers", "threads", "vocab", "workers_as"])

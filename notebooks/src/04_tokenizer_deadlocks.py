@@ -38,17 +38,18 @@ print(hung.outcome, "|", hung.error)
 # %%
 # NBVAL_CHECK_OUTPUT
 print(hung.outcome)
-print("workers stuck in encode_batch:", sum("in _encode" in s for s in hung.stacks.values()))
+frames = hung.stack_frames()
+print("workers stuck in encode_batch:", frames.loc[frames["function"] == "_encode", "pid"].nunique())
 
 # %% [markdown]
-# The stacks were taken from each process just before it was killed. The trial process waits in
-# `pool.map`; each forked worker sits in `_encode`, on the `encode_batch` line, waiting for Rust threads
-# that were never copied into it.
+# The stacks were taken from each process just before it was killed; `stack_frames()` turns them into
+# rows (process, thread, depth from the innermost frame, function, line). Below, the rows in the scenario's
+# own module: the trial process's main thread is in `_serve`, on its `pool.map` line (the frames inside it
+# are multiprocessing's, waiting for results); each forked worker sits in `_encode`, on the `encode_batch`
+# line (depth 0: nothing runs above it), waiting for Rust threads that were never copied into it.
 
 # %%
-for pid, stack in hung.stacks.items():
-    print(f"--- process {pid}")
-    print("\n".join(stack.splitlines()[:12]))
+frames[frames["file"].str.endswith("tokenizer_deadlock.py")][["pid", "main", "depth", "function", "line"]]
 
 # %% [markdown]
 # ### The fixes
@@ -87,10 +88,10 @@ print({v: t.outcome for v, t in fixes.items()})
 # %%
 import torch
 
-from labkit import cache_held_bytes, kv_cache_bytes, models
-from labkit.upstream import returned_cache
+from labkit import cache_held_bytes, kv_cache_bytes, tiny_model
+from labkit.llm.upstream import returned_cache
 
-model = models.tiny_model()
+model = tiny_model()
 rows = []
 for new in (1, 8, 16, 32, 64):
     out = model.generate(torch.randint(0, 1000, (4, 8)), max_new_tokens=new, do_sample=False, return_dict_in_generate=True)
@@ -123,7 +124,8 @@ print("logged by rank 1 and swallowed:", [l for l in oom_hung.output.splitlines(
 # %%
 # NBVAL_CHECK_OUTPUT
 print(oom_hung.outcome)
-print("a rank waits in all_reduce:", any("in all_reduce" in s for s in oom_hung.stacks.values()))
+oom_frames = oom_hung.stack_frames()
+print("a rank waits in all_reduce:", bool((oom_frames["function"] == "all_reduce").any()))
 
 # %%
 rss = oom_hung.samples.query("source == 'tree' and metric == 'rss'")
@@ -135,10 +137,9 @@ rss.assign(MiB=rss["value"] / 2**20).plot(x="time_s", y="MiB", title="memory of 
 # dies ("Connection closed by peer"), and gloo's default timeout is 30 minutes.
 
 # %%
-telling = (" in all_reduce", " in step", " in _ranks")  # where each process's main thread waits
-for pid, stack in oom_hung.stacks.items():
-    main_thread = stack.split("Current thread")[-1]
-    print(f"--- process {pid}:", next((l.strip() for l in main_thread.splitlines() if l.endswith(telling)), "?"))
+telling = ["all_reduce", "step", "_ranks"]  # where each process's main thread waits
+waits = oom_frames[oom_frames["main"] & oom_frames["function"].isin(telling)]
+waits.sort_values("depth").groupby("pid").first()[["function", "line", "file"]]
 
 # %% [markdown]
 # ### The fixes
@@ -187,11 +188,11 @@ print(type(caught).__name__, "| the stacks name the waiting line:", "lock.acquir
 # 256 KiB the broken variant runs clean, because the request fits.
 
 # %%
-from labkit.widgets import panel
+from labkit import panel
 
 panel("tokenizer-deadlock", knobs=["workers", "batch"], timeout=6)
 
 # %%
-from labkit.widgets import panel
+from labkit import panel
 
 panel("oom-hang", knobs=["budget_kib", "tokens"], bounds={"budget_kib": (32, 512)}, timeout=15)

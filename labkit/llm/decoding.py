@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-from .scenario import Metric
+from labkit.core.harness import metrics_on_failure
+from labkit.core.scenario import Metric
 
 STEP_METRICS = (  # what the device scenarios measure
     Metric("steps_completed", "steps", True, "decoding steps that finished"),
@@ -33,7 +34,7 @@ def decode_by_hand(
     """
     import torch
 
-    from .upstream import cache_argument, returned_cache
+    from labkit.llm.upstream import cache_argument, returned_cache
 
     past, new, cache = None, [], cache_argument(model)
     with torch.no_grad():
@@ -60,25 +61,22 @@ def measured_decode(
     A step that raises (or whose ``on_step`` raises) leaves ``steps_completed`` in the exception's
     ``metrics``, which the isolated trial keeps with its ``raised`` or ``wrong`` outcome.
     """
-    done = [0]
+    done = {"steps_completed": 0.0}
 
     def count(step: int, past) -> None:
         if on_step is not None:
             on_step(step, past)
-        done[0] = step
+        done["steps_completed"] = float(step)
 
     t0 = time.perf_counter()
-    try:
+    with metrics_on_failure(done):
         tokens = decode_by_hand(model, ids, steps, feed, count)
-    except Exception as exc:
-        exc.metrics = {"steps_completed": float(done[0]), **getattr(exc, "metrics", {})}
-        raise
-    return tokens, {"steps_completed": float(done[0]), "ms_per_step": 1e3 * (time.perf_counter() - t0) / steps}
+    return tokens, {**done, "ms_per_step": 1e3 * (time.perf_counter() - t0) / steps}
 
 
 def corpus_prompt(length: int = 12, steps: int = 0) -> tuple[list[int], list[int]]:
     """A prompt cut from the corpus and the ``steps`` ids that follow it there (to feed on meta)."""
-    from .models import data_dir, tiny_tokenizer
+    from labkit.llm.models import corpus_ids
 
-    ids = tiny_tokenizer()((data_dir() / "corpus.txt").read_text()[:2000])["input_ids"]
+    ids = list(corpus_ids())
     return ids[:length], ids[length:length + steps]

@@ -1,7 +1,7 @@
-"""Entry point of an isolated trial: ``python -m labkit._child FOLDER`` (fresh), or :func:`main` in a fork
-of a warm template (:mod:`labkit._template`).
+"""Entry point of an isolated trial: ``python -m labkit.isolation._child FOLDER`` (fresh), or :func:`main` in a fork
+of a warm template (:mod:`labkit.isolation._template`).
 
-The parent (:mod:`labkit.isolate`) leaves ``call.pkl`` in FOLDER; this process writes ``started``
+The parent (:mod:`labkit.isolation.isolated`) leaves ``call.pkl`` in FOLDER; this process writes ``started``
 just before the trial's first line (the parent's timeout counts from there) and ``result.json``
 when it ends, or nothing if it dies. Its temporary files go to ``FOLDER/tmp``, which the parent
 removes whatever the outcome: a trial that is killed cannot clean up after itself.
@@ -19,6 +19,26 @@ import traceback
 from pathlib import Path
 
 STACK_SIGNAL = signal.SIGUSR1
+WARM_IMPORTS = ("torch", "numpy", "transformers", "accelerate", "tokenizers", "cloudpickle", "psutil", "threadpoolctl")
+
+
+def warm_imports() -> None:
+    """What every trial would import first: the libraries, transformers' model code, labkit's scenarios.
+
+    A warm template runs it once; a fresh child runs it before its trial's first line. Either way a
+    trial's timeout counts from its own code.
+    """
+    import importlib
+
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+    import transformers
+
+    for name in ("AutoModelForCausalLM", "AutoTokenizer", "Qwen3ForCausalLM", "DynamicCache", "StaticCache"):
+        getattr(transformers, name)  # transformers imports lazily: touch what the scenarios use
+    from labkit.core.scenario import all_scenarios
+
+    all_scenarios()
 
 
 def main(folder: Path) -> None:
@@ -43,9 +63,8 @@ def main(folder: Path) -> None:
 
     import cloudpickle
 
-    from labkit._json import jsonable
-    from labkit._template import warm_imports
-    from labkit.errors import WrongResult
+    from labkit.core._json import jsonable
+    from labkit.core.errors import WrongResult
 
     warm_imports()  # already done in a warm template; here, before the first line, as there
     fn, kwargs = cloudpickle.loads(call["fn"])

@@ -29,7 +29,7 @@ def kv_cache_bytes(config: Any, batch: int, seq_len: int, dtype: Any = "float16"
 
 def cache_held_bytes(cache: Any) -> int:
     """Bytes the keys and values of a real cache hold now: what :func:`kv_cache_bytes` estimates."""
-    from .upstream import cache_tensors
+    from labkit.llm.upstream import cache_tensors
 
     return sum(t.numel() * t.element_size() for pair in cache_tensors(cache) for t in pair)
 
@@ -39,7 +39,7 @@ def _itemsize(dtype: Any) -> int:
         return int(dtype.itemsize)
     name = str(dtype).removeprefix("torch.")
     if name not in _ITEMSIZE:
-        from .errors import BadInput
+        from labkit.core.errors import BadInput
 
         raise BadInput(f"unknown dtype {dtype!r}; allowed: {', '.join(_ITEMSIZE)} or a torch dtype")
     return _ITEMSIZE[name]

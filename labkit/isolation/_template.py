@@ -1,8 +1,8 @@
-"""A warm template: ``python -m labkit._template`` imports what trials need, then forks one child per trial.
+"""A warm template: ``python -m labkit.isolation._template`` imports what trials need, then forks one child per trial.
 
 Why: a trial's first 6-10 s used to be ``import torch`` and ``import transformers``. This process
 pays them once; each trial is then a ``fork`` of it (about 0.05 s), still one process per trial with
-a process group of its own, killed as a group by the parent (:mod:`labkit.warm`).
+a process group of its own, killed as a group by the parent (:mod:`labkit.isolation.warm`).
 
 Why forking it is safe here, when forking is what ``tokenizer-deadlock`` warns against: the hazard
 is a fork while another thread holds a lock. This process only imports; it runs no torch op (no
@@ -31,29 +31,9 @@ import signal
 import sys
 from pathlib import Path
 
+from labkit.isolation._child import main, warm_imports
+
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
-WARM_IMPORTS = ("torch", "numpy", "transformers", "accelerate", "tokenizers", "cloudpickle", "psutil", "threadpoolctl")
-
-
-def warm_imports() -> None:
-    """What every trial would import first: the libraries, transformers' model code, labkit's scenarios.
-
-    The fresh path (``labkit._child``) runs the same before a trial's first line, so a trial's
-    timeout counts from its own code in both.
-    """
-    import importlib
-
-    for name in WARM_IMPORTS:
-        importlib.import_module(name)
-    import transformers
-
-    for name in ("AutoModelForCausalLM", "AutoTokenizer", "Qwen3ForCausalLM", "DynamicCache", "StaticCache"):
-        getattr(transformers, name)  # transformers imports lazily: touch what the scenarios use
-    from labkit.scenario import all_scenarios
-
-    all_scenarios()
-
-
 def _become_trial(folder: Path, selector: selectors.BaseSelector, wakeup: tuple[int, int], drop: tuple[str, ...]) -> None:
     """In the forked child: a process group of its own, this process's own output file, default
     signals, the environment as the parent gave it (``drop``: what the template added for itself),
@@ -77,8 +57,6 @@ def _become_trial(folder: Path, selector: selectors.BaseSelector, wakeup: tuple[
         import numpy
 
         numpy.random.seed()  # numpy's global generator was seeded when the template imported it
-        from labkit._child import main
-
         main(folder)
     finally:
         os._exit(70)  # main() leaves with os._exit(0); getting here means it could not start

@@ -22,18 +22,19 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import scenario as registry
-from ._json import jsonable
-from .errors import BadInput
-from .scenario import Metric, Scenario, metric_named
-from .trial import OnTick, TrialSet, _progress, check_repeats_timeout, run_trial
+from labkit.core._json import jsonable
+from labkit.core.errors import BadInput
+from labkit.core.runner import OnTick, Options, Planned, check_repeats, checked, trials
+from labkit.core.scenario import Metric, Scenario, metric_named
+from labkit.core.trial import TrialSet
 
 RESAMPLES = 4000
 LOOKS = (5, 10, 20)  # trials a side at which an open-ended comparison looks at its interval
@@ -96,19 +97,29 @@ def _interval(resampled: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def verdict(a: str, b: str, metric: Metric, ratio: float, low: float, high: float) -> str:
+def answer(a: str, b: str, metric: Metric, ratio: float, low: float, high: float) -> str:
+    """The verdict in words, without its numbers: ``"within noise"``, ``"B is better than A on M"``."""
     if math.isnan(ratio):
         return f"no ratio: {a} has no measurement of {metric.name}, or its median is 0"
     if math.isnan(low):
-        return f"no verdict from one trial a side ({b}/{a} = {ratio:.2f}, no interval): repeat 3 or more times"
-    interval = f"{b}/{a} = {ratio:.2f}, 95% CI [{low:.2f}, {high:.2f}]"
+        return "no verdict from one trial a side: repeat 3 or more times"
     if low <= 1.0 <= high:
-        return f"within noise ({interval})"
+        return "within noise"
     better = (ratio > 1) == metric.higher_is_better
-    return f"{b} is {'better' if better else 'worse'} than {a} on {metric.name} ({interval})"
+    return f"{b} is {'better' if better else 'worse'} than {a} on {metric.name}"
 
 
-@dataclass
+def verdict(a: str, b: str, metric: Metric, ratio: float, low: float, high: float) -> str:
+    """The answer with the ratio and its interval that support it."""
+    words = answer(a, b, metric, ratio, low, high)
+    if math.isnan(ratio):
+        return words
+    if math.isnan(low):
+        return f"{words} ({b}/{a} = {ratio:.2f}, no interval)"
+    return f"{words} ({b}/{a} = {ratio:.2f}, 95% CI [{low:.2f}, {high:.2f}])"
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Both sides' trials and the answer for one metric (others: :meth:`for_metric`)."""
 
@@ -145,9 +156,13 @@ class Comparison:
     def verdict(self) -> str:
         return verdict(self.a.variant, self.b.variant, self.metric, *self.interval)
 
+    @property
+    def answer(self) -> str:
+        """:attr:`verdict` without its numbers, for prose and for tests."""
+        return answer(self.a.variant, self.b.variant, self.metric, *self.interval)
+
     def for_metric(self, name: str) -> "Comparison":
-        return Comparison(self.scenario, self.a, self.b, metric_named(self.metrics, name, self.scenario), self.metrics,
-                          self.stopped)
+        return replace(self, metric=metric_named(self.metrics, name, self.scenario))
 
     def decisive(self) -> bool:
         """Whether this look's stricter interval (:data:`LOOK_CONFIDENCE`) leaves 1 out."""
@@ -173,7 +188,21 @@ class Comparison:
             "stopped": self.stopped,
             "outcomes": {"a": self.a.summary["outcomes"], "b": self.b.summary["outcomes"]},
             "versions": self.a.versions,
+            "metrics": [vars(m) for m in self.metrics],
+            "sides": {"a": self.a.to_dict(), "b": self.b.to_dict()},
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Comparison":
+        metrics = tuple(Metric(**m) for m in data["metrics"])
+        a, b = (TrialSet.from_dict(data["sides"][side]) for side in "ab")
+        return cls(data["scenario"], a, b, metric_named(metrics, data["metric"], data["scenario"]), metrics, data["stopped"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple["Comparison", ...]:
+        """Every comparison in a file ``compare --json`` (one) or a tour (one per scenario) wrote."""
+        data = json.loads(Path(path).read_text())
+        return tuple(cls.from_dict(d) for d in (data if isinstance(data, list) else [data]))
 
     def to_json(self) -> str:
         return json.dumps(jsonable(self.to_dict()), indent=2)
@@ -193,11 +222,6 @@ class Comparison:
                  "ratio B/A": ratio, "ci low": low, "ci high": high, "verdict": c.verdict}
             )
         return pd.DataFrame(rows).set_index("metric")
-
-    def plot(self, ax=None):
-        from .plots import comparison_figure
-
-        return comparison_figure(self, ax=ax)
 
 
 def compare(
@@ -221,27 +245,25 @@ def compare(
     :data:`LOOKS` trials a side and stops at the first decisive look, or at the first look after
     ``budget`` seconds, or when a side has nothing to measure; ``stopped`` says which.
     """
-    scen = registry.get(scenario)
-    scen.get_variant(a)
-    scen.get_variant(b)
+    scen = checked(scenario, [a, b])
     chosen = scen.get_metric(metric)
     values = scen.knob_values(knobs)
-    check_repeats_timeout(repeats or 1, timeout)
+    options = Options(timeout, start, monitor, on_tick, progress)
+    if repeats is not None:
+        check_repeats(repeats)
     if budget <= 0:
         raise BadInput(f"budget must be a positive number of seconds, got {budget:g}")
-    sides = {name: TrialSet(scen.name, name, values, units=scen.units) for name in (a, b)}
-    result = Comparison(scen.name, sides[a], sides[b], chosen, scen.metrics)
-    most = repeats or LOOKS[-1]
+    result = Comparison(scen.name, *(TrialSet(scen.name, name, values, units=scen.units) for name in (a, b)),
+                        chosen, scen.metrics, f"fixed: {repeats} trials a side")
+    plan = [Planned(name, values, i) for i in range(repeats or LOOKS[-1]) for name in (a, b)]
     began = time.monotonic()
-    for i, name in _progress([(i, name) for i in range(most) for name in (a, b)], progress, f"{scen.name} {a} vs {b}"):
-        sides[name].trials.append(
-            run_trial(scen, name, values, index=i, timeout=timeout, monitor=monitor, on_tick=on_tick, start=start)
-        )
-        if name == b and repeats is None and (i + 1) in LOOKS:
-            result.stopped = _stop(result, i + 1, time.monotonic() - began, budget)
-            if result.stopped:
-                return result
-    result.stopped = f"fixed: {repeats} trials a side"
+    for planned, trial in trials(scen, plan, options, f"{scen.name} {a} vs {b}"):
+        side = "a" if planned.variant == a else "b"
+        result = replace(result, **{side: getattr(result, side).adding(trial)})
+        if side == "b" and repeats is None and (planned.index + 1) in LOOKS:
+            stopped = _stop(result, planned.index + 1, time.monotonic() - began, budget)
+            if stopped:
+                return replace(result, stopped=stopped)
     return result
 
 

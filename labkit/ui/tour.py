@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._json import jsonable
-from .ab import Comparison, compare
-from .environment import doctor
-from .versions import confirmed_text, scenario_standing
-from .plots import monitor_figure, save
-from .scenario import all_scenarios, get
-from .trial import check_repeats_timeout
+from labkit.core._json import jsonable
+from labkit.core.compare import Comparison, compare
+from labkit.ui.doctor import doctor
+from labkit.machine.versions import confirmed_text, scenario_standing
+from labkit.ui.plots import comparison_figure, monitor_figure, save
+from labkit.core.scenario import all_scenarios, get
+from labkit.core.runner import Options, check_repeats
 
 
 @dataclass
@@ -40,7 +40,8 @@ def tour(
     """Compare each scenario's broken variant with its main fix; ``quick`` uses each scenario's
     fast settings (shorter runs that still show the failure); ``only`` names the scenarios to run;
     ``timeout`` replaces each scenario's own (a hung trial lasts that long)."""
-    check_repeats_timeout(repeats, timeout)
+    check_repeats(repeats)
+    Options(timeout, start)  # checked before the first trial, not at the first scenario's
     chosen = [get(name) for name in only] if only else all_scenarios()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def tour(
             "metric": result.metric.name, "broken median": _fmt(result.a_median), "fix median": _fmt(result.b_median),
             "fix/broken": fix_over_broken, "verdict": tour_verdict(result),
         })
-        figures = [save(result.plot(), folder / f"{scen.name}-ab.png").name]
+        figures = [save(comparison_figure(result), folder / f"{scen.name}-ab.png").name]
         for side in (result.a, result.b):
             trial = side.trials[0]
             if trial.samples is not None and len(trial.samples):

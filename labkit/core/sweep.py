@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from . import scenario as registry
-from .trial import TrialSet, _progress, check_repeats_timeout, run_trial
+from labkit.core import scenario as registry
+from labkit.core.runner import Options, Planned, checked, trials
+from labkit.core.trial import TrialSet
 
 EnvFor = Callable[[Mapping[str, Any]], Mapping[str, str | None]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sweep:
     scenario: str
-    grid: dict[str, list[Any]]
-    runs: list[TrialSet] = field(default_factory=list)
+    grid: Mapping[str, tuple[Any, ...]]
+    runs: tuple[TrialSet, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy trials with one column per swept knob."""
@@ -44,11 +45,6 @@ class Sweep:
             )
         return pd.DataFrame(rows).set_index(["variant", *self.grid])
 
-    def plot(self, metric: str):
-        from .plots import sweep_figure
-
-        return sweep_figure(self, metric)
-
 
 def sweep(
     scenario: str | registry.Scenario,
@@ -63,23 +59,16 @@ def sweep(
     progress: bool = False,
     start: str | None = None,
 ) -> Sweep:
-    scen = registry.get(scenario)
     variants = [variants] if isinstance(variants, str) else list(variants)
-    for v in variants:
-        scen.get_variant(v)
-    check_repeats_timeout(repeats, timeout)
-    grid = {name: list(values) for name, values in grid.items()}
-    points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
-    result = Sweep(scen.name, grid)
-    todo = [(v, p) for p in points for v in variants]  # variants interleaved at each point
+    scen = checked(scenario, variants, repeats)
+    options = Options(timeout, start, monitor, None, progress)
+    grid = {name: tuple(values) for name, values in grid.items()}
+    plan = []
+    for combo in itertools.product(*grid.values()):  # variants interleaved at each point
+        values = scen.knob_values({**(knobs or {}), **dict(zip(grid, combo))})
+        plan += [Planned(v, values, i, env(values) if env else None) for v in variants for i in range(repeats)]
     runs: dict[tuple, TrialSet] = {}
-    for variant, point in _progress(todo, progress, f"sweep {scen.name}"):
-        values = scen.knob_values({**(knobs or {}), **point})
-        run = runs.setdefault((variant, *point.values()), TrialSet(scen.name, variant, values, units=scen.units))
-        for i in range(repeats):
-            run.trials.append(
-                run_trial(scen, variant, values, index=i, timeout=timeout, env=env(values) if env else None,
-                          monitor=monitor, start=start)
-            )
-    result.runs = list(runs.values())
-    return result
+    for planned, trial in trials(scen, plan, options, f"sweep {scen.name}"):
+        key = (planned.variant, *(planned.knobs[k] for k in grid))
+        runs[key] = runs.get(key, TrialSet(scen.name, planned.variant, planned.knobs, units=scen.units)).adding(trial)
+    return Sweep(scen.name, grid, tuple(runs.values()))

@@ -12,13 +12,14 @@ work: as in Qwen itself, the model's vocabulary is then larger than the tokenize
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import BadInput
+from labkit.core.errors import BadInput
 
 TINY = "tiny"
 QWEN_VOCAB = 151_936  # Qwen-1/2/3's padded vocabulary: the size the thread-storm report sampled over
@@ -34,6 +35,18 @@ def data_dir() -> Path:
 
 def tiny_dir() -> Path:
     return data_dir() / "tiny-qwen3"
+
+
+@functools.cache
+def corpus() -> str:
+    """The text the tokenizer was trained on: prompts and texts of every scenario are cut from it."""
+    return (data_dir() / "corpus.txt").read_text()
+
+
+@functools.cache
+def corpus_ids() -> tuple[int, ...]:
+    """The whole corpus in the tiny tokenizer's ids."""
+    return tuple(tiny_tokenizer()(corpus())["input_ids"])
 
 
 def tiny_config(vocab_size: int | None = None, **overrides: Any):
@@ -134,7 +147,7 @@ def save_tiny(folder: str | os.PathLike, vocab_size: int | None = None) -> Path:
 def train_tokenizer(corpus: str | os.PathLike | None = None, vocab_size: int = 1024):
     """Train the byte-level BPE that ships in ``data/tiny-qwen3`` (kept for transparency).
 
-    ``python -m labkit.models`` retrains it and rewrites the shipped files.
+    ``python -m labkit.llm.models`` retrains it and rewrites the shipped files.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -1,6 +1,6 @@
 """Warm templates for isolated trials: one per environment, each forking a trial in a fraction of a second.
 
-The parent's side of :mod:`labkit._template`. A trial asks :func:`start` for a process: the first
+The parent's side of :mod:`labkit.isolation._template`. A trial asks :func:`start` for a process: the first
 trial in an environment starts that environment's template (the imports, once, before the trial:
 never while another trial of this process is being measured), every later one is a fork of it.
 
@@ -39,7 +39,7 @@ class Template:
     def __init__(self, env: Mapping[str, str]):
         self._log = tempfile.TemporaryFile()  # the template's own stderr, read back if it fails to start
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labkit._template"],
+            [sys.executable, "-m", "labkit.isolation._template"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             env=dict(env), start_new_session=True, text=True, bufsize=1,
         )

@@ -2,8 +2,8 @@
 
 A scenario is one failure mode: a ``broken`` variant that reproduces the report it comes from and
 named fix variants beside it. A variant is a plain function ``fn(**knobs) -> {metric: value}``
-that runs inside an isolated child (:mod:`labkit.isolate`), raises what the failure raises, and
-raises :class:`~labkit.errors.WrongResult` when it finishes with a wrong answer. Text values in
+that runs inside an isolated child (:mod:`labkit.isolation.isolated`), raises what the failure raises, and
+raises :class:`~labkit.core.errors.WrongResult` when it finishes with a wrong answer. Text values in
 what it returns (or in ``exc.metrics`` of what it raises) are kept as the trial's notes.
 
 Define one in a notebook the same way the built-in ones are defined::
@@ -20,7 +20,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from .errors import BadInput
+from labkit.core.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class Scenario:
     name: str
     summary: str
     source: str = ""  # the report it comes from (seed file, upstream issue)
+    notebook: str = ""  # the notebook that teaches it (scenarios are listed in that order)
     confirmed_on: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # library -> release series seen on
     confirmed_setup: str = ""  # what it was seen on besides releases (machines, devices)
     knobs: tuple[Knob, ...] = ()
@@ -146,7 +147,6 @@ class Scenario:
 
 
 _REGISTRY: dict[str, Scenario] = {}
-_BUILTINS = ("thread_race", "device_mismatch", "thread_device", "thread_storm", "tokenizer_deadlock", "oom_hang")  # modules of labkit.scenarios; each registers what it defines
 
 
 def register(scenario: Scenario) -> Scenario:
@@ -155,13 +155,18 @@ def register(scenario: Scenario) -> Scenario:
 
 
 def _load_builtins() -> None:
-    for module in _BUILTINS:
-        importlib.import_module(f"labkit.scenarios.{module}")
+    """Import every module of :mod:`labkit.scenarios`; each registers what it defines."""
+    import pkgutil
+
+    import labkit.scenarios
+
+    for module in pkgutil.iter_modules(labkit.scenarios.__path__):
+        importlib.import_module(f"labkit.scenarios.{module.name}")
 
 
 def all_scenarios() -> list[Scenario]:
     _load_builtins()
-    return list(_REGISTRY.values())
+    return sorted(_REGISTRY.values(), key=lambda s: s.notebook or "~")  # stable: a user's own come last
 
 
 def get(name: str | Scenario) -> Scenario:

@@ -4,11 +4,11 @@ Each call is one process of its own, with a process group of its own (so the who
 starts, forked workers and ranks included, is killed together at the end), started one of two ways:
 
 * **warm** (the default): forked from a template process of the same environment that has already
-  imported torch, transformers and labkit (:mod:`labkit.warm`), in about 0.05 s instead of 6-10 s.
+  imported torch, transformers and labkit (:mod:`labkit.isolation.warm`), in about 0.05 s instead of 6-10 s.
   The template only imports (no thread pool has run, no CUDA context exists), which is what makes
   this fork safe where the ``tokenizer-deadlock`` fork is not; each environment has its own
   template, because thread-pool variables are read when a library loads.
-* **fresh**: a new interpreter (``python -m labkit._child``, the same as multiprocessing's *spawn*),
+* **fresh**: a new interpreter (``python -m labkit.isolation._child``, the same as multiprocessing's *spawn*),
   which imports everything itself. ``start="fresh"`` or ``LABKIT_START=fresh`` asks for it, to
   compare, or where a failure would depend on start-up itself.
 
@@ -33,14 +33,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import cloudpickle
 
-from ._child import STACK_SIGNAL
+from labkit.isolation._child import STACK_SIGNAL
 
-OUTCOMES = ("ok", "raised", "wrong", "hung", "crashed")
 STARTS = ("warm", "fresh")
 OUTPUT_KEEP = 20_000  # characters of the child's stdout+stderr kept in the result
 STACK_WAIT = 1.0  # seconds allowed for one process to write its stacks
@@ -48,11 +48,30 @@ STARTUP_LIMIT = 300.0  # seconds a child may take to reach its first line (impor
 IDLE_CPU = 0.02  # below this share of one core, the process group counts as still
 
 
+class Outcome(str, Enum):
+    """How an isolated call ended. A ``str``, so ``outcome == "hung"`` and JSON keep working."""
+
+    OK = "ok"  # it returned
+    RAISED = "raised"  # it raised (the error is the failure the variant reproduces, or a bug)
+    WRONG = "wrong"  # it finished with a wrong answer (WrongResult)
+    HUNG = "hung"  # no progress, or no answer within the timeout: stopped, with stacks
+    CRASHED = "crashed"  # the process died without an answer (a signal, an exit)
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__  # f"{outcome:<7}" pads the word, as for a plain string
+    __repr__ = str.__repr__  # printed inside a dict or a list, it reads 'ok', as it did when it was a plain string
+
+
+OUTCOMES = tuple(o.value for o in Outcome)
+
+
 @dataclass(frozen=True)
 class Isolated:
     """What came back from one isolated call."""
 
-    outcome: str
+    outcome: Outcome
     error: str | None
     seconds: float  # from the call's first line to its end (or to the moment it was called hung)
     value: Any = None
@@ -95,7 +114,7 @@ def run_isolated(
     """
     start = start or default_start()
     if start not in STARTS:
-        from .errors import BadInput
+        from labkit.core.errors import BadInput
 
         raise BadInput(f"start={start!r} is not allowed; allowed: {', '.join(STARTS)}")
     with tempfile.TemporaryDirectory(prefix="labkit-trial-") as tmp:
@@ -127,24 +146,24 @@ def run_isolated(
         output = (folder / "output.txt").read_text(errors="replace")[-OUTPUT_KEEP:]
         common = dict(output=output, pid=proc.pid, start=start, startup_seconds=(began - asked) if began else None)
         if not ended:
-            return Isolated("hung", hung_by, seconds, stacks=stacks, hung_by=hung_by, **common)
+            return Isolated(Outcome.HUNG, hung_by, seconds, stacks=stacks, hung_by=hung_by, **common)
         result_file = folder / "result.json"
         if result_file.exists():
             result = json.loads(result_file.read_text())
-            return Isolated(result["outcome"], result["error"], seconds, value=result.get("value"),
+            return Isolated(Outcome(result["outcome"]), result["error"], seconds, value=result.get("value"),
                             exitcode=proc.returncode, traceback=result.get("traceback"), **common)
-        return Isolated("crashed", _describe_exit(proc.returncode), seconds, exitcode=proc.returncode, **common)
+        return Isolated(Outcome.CRASHED, _describe_exit(proc.returncode), seconds, exitcode=proc.returncode, **common)
 
 
 def _launch(folder: Path, env: dict[str, str], start: str):
     """The child: a fork of the environment's warm template, or a fresh interpreter."""
     if start == "warm":
-        from . import warm
+        from labkit.isolation import warm
 
         return warm.start(folder, env)
     with open(folder / "output.txt", "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "labkit._child", str(folder)],
+            [sys.executable, "-m", "labkit.isolation._child", str(folder)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
 

@@ -99,6 +99,31 @@ class PerThreadRotary(LazySharedRotary):
         return cos, sin
 
 
+class TracedRotary(LazySharedRotary):
+    """Qwen-1's pattern, unchanged, with every rebuild and read of its shared state logged by thread.
+
+    A read whose tables hold fewer rows than it ``needs``, or none, landed inside another thread's
+    rebuild: between the length being raised and the tables being assigned.
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0):
+        super().__init__(dim, base)
+        self.log: list[dict] = []  # list.append is atomic: the log itself does not race
+
+    def _note(self, event: str, needs: int) -> None:
+        tables = self._rotary_pos_emb_cache
+        self.log.append({"thread": threading.current_thread().name, "event": event, "needs": needs,
+                         "length says": self._seq_len_cached, "tables hold": None if tables is None else len(tables[0]),
+                         "NTK factor": self._ntk_alpha_cached})
+
+    def update_rotary_pos_emb_cache(self, seqlen: int, alpha: float, device) -> None:
+        if seqlen > self._seq_len_cached or alpha != self._ntk_alpha_cached:
+            self._note("rebuild starts", seqlen)
+            super().update_rotary_pos_emb_cache(seqlen, alpha, device)
+            self._note("tables assigned", seqlen)
+        self._note("reads tables", seqlen)
+
+
 def install(model: nn.Module, rotary: type[LazySharedRotary] = LazySharedRotary, **kwargs) -> LazySharedRotary:
     """Swap the Qwen3 model's rotary embedding for one of these; every layer then uses it."""
     config = model.config

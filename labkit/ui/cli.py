@@ -1,7 +1,7 @@
 """``labkit list | run | compare | tour | doctor`` (contracts in shared/DESIGN.md).
 
 Bad input ends with one line on stderr and exit status 2, no traceback; an interrupted command
-still kills its trial's process group on the way out (see :mod:`labkit.isolate`).
+still kills its trial's process group on the way out (see :mod:`labkit.isolation.isolated`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from .errors import BadInput
+from labkit.core.errors import BadInput
 
 EXIT_BAD_INPUT = 2
 
@@ -90,7 +90,7 @@ def _start(args: argparse.Namespace) -> str | None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .scenario import all_scenarios
+    from labkit.core.scenario import all_scenarios
 
     for s in all_scenarios():
         print(f"{s.name}: {s.summary}")
@@ -104,7 +104,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .trial import run
+    from labkit.core.runner import run
 
     result = run(args.scenario, args.variant, repeats=args.repeats, timeout=args.timeout,
                  knobs=_knob_overrides(args), progress=True, start=_start(args))
@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .ab import BUDGET, compare
+    from labkit.core.compare import BUDGET, compare
 
     result = compare(args.scenario, args.a, args.b, repeats=args.repeats, metric=args.metric,
                      knobs=_knob_overrides(args), timeout=args.timeout, progress=True, start=_start(args),
@@ -149,7 +149,7 @@ def _wide_pandas():
 
 
 def _tour(args: argparse.Namespace) -> int:
-    from .tour import tour
+    from labkit.ui.tour import tour
 
     report = tour(args.out, repeats=args.repeats, quick=args.quick, only=args.only, timeout=args.timeout, progress=True,
                   start=_start(args))
@@ -160,7 +160,7 @@ def _tour(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .environment import doctor
+    from labkit.ui.doctor import doctor
 
     print(doctor())
     return 0

@@ -17,11 +17,12 @@ from typing import Any, Mapping, Sequence
 import ipywidgets as w
 import pandas as pd
 
-from . import scenario as registry
-from .errors import BadInput
-from .monitor import say_if_no_gpu
-from .plots import LivePlot
-from .trial import Trial, run
+from labkit.core import scenario as registry
+from labkit.core.errors import BadInput
+from labkit.machine.monitor import say_if_no_gpu
+from labkit.ui.plots import LivePlot
+from labkit.core.runner import run
+from labkit.core.trial import Trial
 
 SLIDER_CAP = 16  # counts beyond this make a 2-core laptop crawl; the CLI takes any allowed value
 STYLE = {"description_width": "initial"}
@@ -106,7 +107,7 @@ class Runner:
         """Show a finished trial: its final plot, a new table row, its stacks if it hung, its notes."""
         if trial.samples is not None:
             live.show(trial.samples)
-        self.rows.append({"run": len(self.rows) + 1, **shown, "outcome": trial.outcome,
+        self.rows.append({"run": len(self.rows) + 1, **shown, "outcome": trial.outcome.value,
                           **{k: round(v, 4) for k, v in trial.metrics.items()}, "error": trial.error or ""})
         self.table.value = pd.DataFrame(self.rows).to_html(index=False)
         parts = [f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in trial.notes.items()]
@@ -133,10 +134,11 @@ class Panel(w.VBox):
     show widgets (GitHub, nbviewer, a JupyterLab without ipywidgets) shows what the panel is and the
     call that does the same without it, instead of ``VBox(children=...)``."""
 
-    def __init__(self, runner: Runner, controls: list[w.Widget], about: str, call: str):
-        super().__init__([*controls, *runner.outputs])
+    def __init__(self, runner: Runner, rows: list[w.Widget], about: str, call: str, controls: Mapping[str, w.Widget]):
+        super().__init__([*rows, *runner.outputs])
         self.add_class("labkit-panel")
         self.runner, self.about, self.call = runner, about, call
+        self.controls = dict(controls)  # by name (a knob, a map row): for scripts and tests, whatever the layout
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs)  # JupyterLab prefers the widget view to HTML
@@ -177,7 +179,8 @@ def panel(
     about = (f"{scen.name}, {scen.summary}; settings: {', '.join(controls) or 'none'}; "
              f"variants: {', '.join(variant.options)}")
     call = f"labkit.run({scen.name!r}, {variant.value!r}, knobs={ {**asked, **shown()}!r})"  # what Run runs
-    return Panel(runner, [w.HBox([variant, runner.buttons]), *controls.values()], about, call)
+    return Panel(runner, [w.HBox([variant, runner.buttons]), *controls.values()], about, call,
+                 {"variant": variant, **controls})
 
 
 def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None = None) -> Panel:
@@ -185,9 +188,9 @@ def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None
 
     Leave a row blank or put a row after a meta row on another device to see what an invalid map says.
     """
-    from .device_maps import balanced_map, empty_model, rows as map_rows
-    from .devices import available, device_pair
-    from .models import tiny_config
+    from labkit.llm.device_maps import balanced_map, empty_model, rows as map_rows
+    from labkit.llm.devices import available, device_pair
+    from labkit.llm.models import tiny_config
 
     skeleton = empty_model(tiny_config() if model == "tiny" else model)
     labels = map_rows(skeleton)
@@ -216,4 +219,5 @@ def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None
     fill_balanced()
     about = f"device-mismatch by hand: a device for each of {', '.join(labels)}, accelerate's balanced plan, skip_keys"
     call = f"labkit.run('device-mismatch', 'broken', knobs={ {'device_map': chosen_map(), 'tokens': tokens, 'model': model} !r})"
-    return Panel(runner, [w.HBox([balanced, skip, steps, runner.buttons]), *pickers.values()], about, call)
+    return Panel(runner, [w.HBox([balanced, skip, steps, runner.buttons]), *pickers.values()], about, call,
+                 {"balanced": balanced, "skip_keys": skip, "tokens": steps, **pickers})

@@ -43,7 +43,7 @@ class watchdog(contextlib.ContextDecorator):
 
     def __init__(self, seconds: float):
         if seconds <= 0:
-            from .errors import BadInput
+            from labkit.core.errors import BadInput
 
             raise BadInput(f"seconds must be positive, got {seconds}")
         self.seconds = seconds

@@ -16,9 +16,9 @@ import contextlib
 import logging
 from typing import Mapping
 
-from .devices import DevicePair, check_device
-from .errors import BadInput
-from .upstream import no_split_modules
+from labkit.llm.devices import DevicePair, check_device
+from labkit.core.errors import BadInput
+from labkit.llm.upstream import no_split_modules
 
 
 def rows(model) -> dict[str, str]:

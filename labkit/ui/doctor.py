@@ -71,11 +71,11 @@ def doctor() -> Report:
 
     import psutil
 
-    from . import nvml
-    from .devices import usable_cores
-    from .scenario import all_scenarios
-    from .upstream import installed
-    from .versions import scenario_standing
+    from labkit.machine import nvml
+    from labkit.llm.devices import usable_cores
+    from labkit.core.scenario import all_scenarios
+    from labkit.llm.upstream import installed
+    from labkit.machine.versions import scenario_standing
 
     facts: dict[str, Any] = {
         "python": f"{platform.python_version()} ({sys.executable})",

@@ -17,10 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .upstream import installed
+from labkit.llm.upstream import installed
 
 if TYPE_CHECKING:
-    from .scenario import Scenario
+    from labkit.core.scenario import Scenario
 
 TRACKED = ("torch", "transformers", "accelerate", "tokenizers")  # what a scenario's outcome depends on
 _PIN = re.compile(r"^([\w.\-]+)==([^\s;#]+)")  # name==release
@@ -37,7 +37,7 @@ def tested_set(path: Path | None = None) -> dict[str, str]:
     """Package -> release, from the constraints file (default: the one shipped with labkit). torch is
     in it as a comment: it is installed first by its own command, so that a GPU machine keeps its
     CUDA build."""
-    from .models import data_dir
+    from labkit.llm.models import data_dir
 
     path = path or data_dir() / "constraints.txt"
     if not path.exists():

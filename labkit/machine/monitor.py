@@ -4,7 +4,7 @@ One daemon thread wakes every ``interval`` seconds (10 Hz by default) and reads:
 (``/proc/stat`` deltas, so it never disturbs ``psutil.cpu_percent``'s shared state), and for the
 process tree under ``root`` (by default this process and every descendant; a trial's monitor
 watches the trial's own process and its workers) the CPU seconds, OS threads, context switches
-and RSS; and, through :mod:`labkit.nvml`, each GPU's SM utilisation, memory and power.
+and RSS; and, through :mod:`labkit.machine.nvml`, each GPU's SM utilisation, memory and power.
 ``benchmarks/monitor_overhead.py`` measures what it costs.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psutil
 
-from . import nvml
+from labkit.machine import nvml
 
 log = logging.getLogger("labkit")
 REFRESH = 2.0  # seconds between two full searches for descendants (see Monitor._tree)
@@ -159,7 +159,7 @@ def _open_gpus() -> tuple[nvml.Gpus | None, str]:
     global _said_no_gpu
     gpus, note = nvml.open_gpus()
     if gpus is None and not _said_no_gpu:
-        log.warning("labkit.monitor: %s; recording CPU only", note)
+        log.warning("labkit.machine.monitor: %s; recording CPU only", note)
         _said_no_gpu = True
     return gpus, note
 

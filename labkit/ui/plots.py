@@ -20,9 +20,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from .ab import Comparison
-    from .monitor import Monitor
-    from .sweeps import Sweep
+    from labkit.core.compare import Comparison
+    from labkit.machine.monitor import Monitor
+    from labkit.core.sweep import Sweep
 
 
 def monitor_figure(samples: pd.DataFrame, title: str = "", gpu_note: str = "") -> Figure:

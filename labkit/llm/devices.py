@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import BadInput
+from labkit.core.errors import BadInput
+from labkit.core.scenario import Knob
 
 
 def usable_cores() -> int:
@@ -82,9 +83,9 @@ def device_pair(text: str = "auto") -> DevicePair:
     return DevicePair(first, second, "chosen by the user")
 
 
-def pair_setting(first_ok: Callable[[str], bool], rule: str) -> Callable[[str], str]:
-    """A knob check for a device pair: ``"auto"`` as it is, else ``"A,B"`` normalised, with A obeying
-    ``rule`` (a scenario's own constraint on the first device)."""
+def devices_knob(help: str, first_ok: Callable[[str], bool], rule: str) -> Knob:
+    """The ``devices`` knob of a scenario that runs on two devices: ``"auto"``, or ``"A,B"``
+    normalised, with A obeying ``rule`` (the scenario's own constraint on the first device)."""
 
     def check(text: str) -> str:
         if text == "auto":
@@ -94,7 +95,7 @@ def pair_setting(first_ok: Callable[[str], bool], rule: str) -> Callable[[str], 
             raise BadInput(f"{rule}; got {pair.first!r}")
         return f"{pair.first},{pair.second}"
 
-    return check
+    return Knob("devices", "auto", help, validate=check)
 
 
 class DeviceMismatch(RuntimeError):

@@ -1,0 +1,1 @@
+"""One process per trial: warm templates or fresh interpreters, timeouts, stillness, stacks, clean-up."""
