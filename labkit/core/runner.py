@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from labkit.core import scenario as registry
 from labkit.core.errors import BadInput
 from labkit.core.trial import Trial, TrialSet
-from labkit.isolation.isolated import STARTS, run_isolated
+from labkit.isolation.isolated import checked_start, run_isolated
 from labkit.machine.monitor import Monitor
 
 OnTick = Callable[[Monitor], None]
@@ -32,8 +32,7 @@ class Options:
     def __post_init__(self) -> None:
         if self.timeout is not None and self.timeout <= 0:
             raise BadInput(f"timeout must be a positive number of seconds, got {self.timeout:g}")
-        if self.start is not None and self.start not in STARTS:
-            raise BadInput(f"start={self.start!r} is not allowed; allowed: {', '.join(STARTS)}")
+        checked_start(self.start)
 
 
 @dataclass(frozen=True)

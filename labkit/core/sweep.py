@@ -70,5 +70,7 @@ def sweep(
     runs: dict[tuple, TrialSet] = {}
     for planned, trial in trials(scen, plan, options, f"sweep {scen.name}"):
         key = (planned.variant, *(planned.knobs[k] for k in grid))
-        runs[key] = runs.get(key, TrialSet(scen.name, planned.variant, planned.knobs, units=scen.units)).adding(trial)
+        if key not in runs:
+            runs[key] = TrialSet(scen.name, planned.variant, planned.knobs, units=scen.units)
+        runs[key] = runs[key].adding(trial)
     return Sweep(scen.name, grid, tuple(runs.values()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -112,7 +112,7 @@ class TrialSet:
 
     def adding(self, trial: Trial) -> "TrialSet":
         """This set with one more trial (a new object: results are never changed in place)."""
-        return TrialSet(self.scenario, self.variant, self.knobs, (*self.trials, trial), self.units, self.versions)
+        return replace(self, trials=(*self.trials, trial))
 
     def values(self, metric: str) -> list[float]:
         return [t.metrics[metric] for t in self.trials if t.metrics.get(metric) is not None]

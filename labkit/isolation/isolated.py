@@ -85,6 +85,16 @@ class Isolated:
     hung_by: str | None = None  # how a hang was known: stillness or the timeout
 
 
+def checked_start(start: str | None) -> str:
+    """``start``, or ``LABKIT_START``'s (else warm) when None; anything else is a :class:`BadInput`."""
+    start = start or default_start()
+    if start not in STARTS:
+        from labkit.core.errors import BadInput
+
+        raise BadInput(f"start={start!r} is not allowed; allowed: {', '.join(STARTS)}")
+    return start
+
+
 def default_start() -> str:
     start = os.environ.get("LABKIT_START", "warm")
     return start if start in STARTS else "warm"
@@ -112,11 +122,7 @@ def run_isolated(
     monitor watches that process tree). ``on_tick`` runs in this thread every ``tick`` seconds
     while the child runs, which is how a notebook redraws a live plot without a second thread.
     """
-    start = start or default_start()
-    if start not in STARTS:
-        from labkit.core.errors import BadInput
-
-        raise BadInput(f"start={start!r} is not allowed; allowed: {', '.join(STARTS)}")
+    start = checked_start(start)
     with tempfile.TemporaryDirectory(prefix="labkit-trial-") as tmp:
         folder = Path(tmp)
         child_env = dict(os.environ)
