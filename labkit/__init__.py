@@ -11,7 +11,8 @@ The package, by folder:
   sizes, the names borrowed from transformers and accelerate, the Qwen-1 rotary stand-in.
 * ``scenarios/``: one module per failure mode, its broken variant and its fixes; found by listing
   the folder.
-* ``ui/``: figures and live plots, widget panels, ``doctor``, the tour's report, the command line.
+* ``ui/``: figures and live plots, widget panels, a variant's code and a fix's diff, ``doctor``,
+  the tour's report, the command line.
 
 The public API below is loaded lazily (PEP 562): every isolated trial imports this package to find
 its scenario, and should not pay for pandas and matplotlib when it only needs torch. The imports
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from labkit.llm.devices import DeviceMismatch, check_same_device, device_pair
     from labkit.llm.memory import cache_held_bytes, kv_cache_bytes
     from labkit.llm.models import save_tiny, tiny_model
+    from labkit.ui.code import Code, show_code, variant_code, variant_diff
     from labkit.ui.doctor import doctor
     from labkit.machine.monitor import Monitor
     from labkit.ui.plots import LivePlot, comparison_figure, monitor_figure, sweep_figure
@@ -56,6 +58,7 @@ _WHERE = {
     "DeviceMismatch": "llm.devices", "check_same_device": "llm.devices", "device_pair": "llm.devices",
     "cache_held_bytes": "llm.memory", "kv_cache_bytes": "llm.memory",
     "save_tiny": "llm.models", "tiny_model": "llm.models",
+    "Code": "ui.code", "show_code": "ui.code", "variant_code": "ui.code", "variant_diff": "ui.code",
     "doctor": "ui.doctor",
     "Monitor": "machine.monitor",
     "LivePlot": "ui.plots", "comparison_figure": "ui.plots", "monitor_figure": "ui.plots", "sweep_figure": "ui.plots",

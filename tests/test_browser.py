@@ -272,6 +272,8 @@ def test_notebook_panels_in_the_browser(notebook, lab, browser, artifacts):
             _wait(lambda: box.count() or error.count(), RUN_TIMEOUT_S, f"the panel of {notebook}'s Play cell {i + 1}")
             assert not error.count(), error.first.inner_text()
             assert "ipywidgets" not in cell.locator(".jp-OutputArea").inner_text()  # the widget, not its fallback
+            stderr = cell.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+            assert not stderr.count(), f"the panel opens under a stderr box: {stderr.first.inner_text()}"  # reads as an error
             assert box.locator(".labkit-run-button").is_enabled()
             runs.append(_press_run(page, cell, ask_kernel=i == 0))  # the kernel's first trial: it starts the template
             box.screenshot(path=str(artifacts / f"{Path(notebook).stem}-panel{i + 1}.png"))

@@ -40,13 +40,14 @@ def test_it_survives_a_missing_nvml(monkeypatch, caplog):
     monkeypatch.setattr(nvml, "pynvml", None)
     monkeypatch.setattr(nvml, "_IMPORT_ERROR", "pynvml is not importable (test)")
     monkeypatch.setattr(monitor_module, "_said_no_gpu", False)
-    with caplog.at_level("WARNING", logger="labkit"):
+    with caplog.at_level("INFO", logger="labkit"):
         with Monitor(interval=0.05) as first:
             time.sleep(0.15)
         with Monitor(interval=0.05):
             time.sleep(0.05)
     assert "pynvml is not importable" in first.gpu_note
-    assert sum("recording CPU only" in r.message for r in caplog.records) == 1  # said once
+    said = [r for r in caplog.records if "no GPU: CPU only" in r.message]
+    assert len(said) == 1 and said[0].levelname == "INFO"  # said once, quietly: no GPU is no error
     assert first.samples and all(s.gpus == () for s in first.samples)
 
 
@@ -143,3 +144,20 @@ def test_with_no_front_end_a_live_plot_prints_a_line_per_redraw_and_saves_its_fi
     assert lines and "% busy (" in lines[-1] and " threads, " in lines[-1], err
     assert f"figure saved to {tmp_path / 'live.png'}" in err
     assert (tmp_path / "live.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_hung_trials_figure_marks_its_start_up_and_the_stillness_that_called_it_hung(cheap):
+    """The hang is the moment the process tree stops using CPU: the samples carry it, the figure shows it."""
+    from labkit import monitor_figure, run
+
+    trial = run("test-hang", "broken", timeout=20).trials[0]
+    marks = trial.samples[trial.samples.source.eq("mark")].set_index("metric")["time_s"]
+    assert trial.outcome == "hung" and trial.notes["hung"].startswith("no progress")
+    assert 0 < marks["first_line"] < marks["still_since"] < marks["hung"]
+    assert abs(marks["hung"] - marks["first_line"] - trial.seconds) < 0.05
+    assert abs(marks["hung"] - marks["still_since"] - 3.0) < 0.05  # the scenario's idle_after
+    fig = monitor_figure(trial.samples, "hang")
+    labels = fig.axes[1].get_legend_handles_labels()[1]
+    assert "no CPU: every thread blocked" in labels
+    assert "no GPU: CPU only" in [t.get_text() for t in fig.texts]
+    assert not any("GPU" in ax.get_title(loc="left") for ax in fig.axes)  # no empty GPU panel

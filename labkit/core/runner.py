@@ -7,6 +7,7 @@ time, with the monitor watching each trial's own process tree, and a progress ba
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -75,6 +76,7 @@ def run_trial(scen: registry.Scenario, planned: Planned, options: Options) -> Tr
         monitor.root = pid
         monitor.start()
 
+    asked = time.monotonic()
     try:
         result = run_isolated(
             variant.fn,
@@ -89,8 +91,23 @@ def run_trial(scen: registry.Scenario, planned: Planned, options: Options) -> Tr
     finally:
         if monitor is not None:
             monitor.stop()
+    if monitor is not None and monitor.samples:
+        _mark(monitor, result, asked, scen.idle_after)
     return Trial.of(result, scenario=scen.name, variant=planned.variant, index=planned.index, knobs=planned.knobs,
                     samples=monitor.to_frame() if monitor is not None else None)
+
+
+def _mark(monitor: Monitor, result, asked: float, idle: float | None) -> None:
+    """Where the trial's own code began (before it: start-up, not the trial), and for a hang, when
+    it was called hung and since when its processes had used no CPU."""
+    if result.startup_seconds is None:
+        return
+    began = asked + result.startup_seconds
+    monitor.mark("first_line", began)
+    if result.outcome == "hung":
+        monitor.mark("hung", began + result.seconds)
+        if idle is not None and (result.hung_by or "").startswith("no progress"):
+            monitor.mark("still_since", began + result.seconds - idle)
 
 
 def run(

@@ -102,26 +102,37 @@ class PerThreadRotary(LazySharedRotary):
 class TracedRotary(LazySharedRotary):
     """Qwen-1's pattern, unchanged, with every rebuild and read of its shared state logged by thread.
 
-    A read whose tables hold fewer rows than it ``needs``, or none, landed inside another thread's
-    rebuild: between the length being raised and the tables being assigned.
+    Two kinds of row are evidence. A read whose tables hold fewer rows than it ``needs``, or none,
+    landed inside another thread's rebuild, between the length being raised and the tables being
+    assigned: the ``TypeError`` and ``IndexError``. A read whose ``factor used`` (from the list the
+    last prefill left on the module) or ``tables' factor`` is not the ``request's factor`` (from its
+    own prompt's length) computes this request's positions with another request's scaling: a wrong
+    answer, with no error.
     """
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__(dim, base)
         self.log: list[dict] = []  # list.append is atomic: the log itself does not race
+        self._own = threading.local()
 
-    def _note(self, event: str, needs: int) -> None:
+    def alphas(self, position_ids: torch.Tensor) -> list[float]:
+        if position_ids.shape[1] > 1:  # what this request's prefill computes for itself, kept per thread
+            self._own.factor = ntk_alpha(int(position_ids[0, -1]) + 1)
+        return super().alphas(position_ids)
+
+    def _note(self, event: str, needs: int, alpha: float) -> None:
         tables = self._rotary_pos_emb_cache
         self.log.append({"thread": threading.current_thread().name, "event": event, "needs": needs,
                          "length says": self._seq_len_cached, "tables hold": None if tables is None else len(tables[0]),
-                         "NTK factor": self._ntk_alpha_cached})
+                         "request's factor": getattr(self._own, "factor", None), "factor used": alpha,
+                         "tables' factor": self._ntk_alpha_cached})
 
     def update_rotary_pos_emb_cache(self, seqlen: int, alpha: float, device) -> None:
         if seqlen > self._seq_len_cached or alpha != self._ntk_alpha_cached:
-            self._note("rebuild starts", seqlen)
+            self._note("rebuild starts", seqlen, alpha)
             super().update_rotary_pos_emb_cache(seqlen, alpha, device)
-            self._note("tables assigned", seqlen)
-        self._note("reads tables", seqlen)
+            self._note("tables assigned", seqlen, alpha)
+        self._note("reads tables", seqlen, alpha)
 
 
 def install(model: nn.Module, rotary: type[LazySharedRotary] = LazySharedRotary, **kwargs) -> LazySharedRotary:

@@ -25,6 +25,7 @@ from labkit.machine import nvml
 log = logging.getLogger("labkit")
 REFRESH = 2.0  # seconds between two full searches for descendants (see Monitor._tree)
 _said_no_gpu = False
+NO_GPU = "no GPU: CPU only"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Monitor:
     gpu: bool = True
     samples: list[Sample] = field(default_factory=list, init=False)
     gpu_note: str = field(default="", init=False)
+    marks: dict[str, float] = field(default_factory=dict, init=False)  # name -> seconds on the samples' clock
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -81,6 +83,11 @@ class Monitor:
             self._gpus.close()
             self._gpus = None
         return self
+
+    def mark(self, name: str, at: float) -> None:
+        """Note a moment (``time.monotonic()``) on the samples' clock: a trial's first line, the
+        moment it was called hung. :func:`~labkit.ui.plots.monitor_figure` draws them."""
+        self.marks[name] = at - self._t0
 
     def __enter__(self) -> "Monitor":
         return self.start()
@@ -150,26 +157,31 @@ class Monitor:
         )
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy: one row per (time, source, metric); sources are ``cpuN``, ``tree`` and ``gpuN``."""
-        return samples_frame(list(self.samples))
+        """Tidy: one row per (time, source, metric); sources are ``cpuN``, ``tree``, ``gpuN``, and
+        ``mark`` (one row per :meth:`mark`, its name as the metric)."""
+        frame = samples_frame(list(self.samples))
+        marks = pd.DataFrame([(t, "mark", name, t, "s") for name, t in self.marks.items()], columns=frame.columns)
+        return pd.concat([frame, marks], ignore_index=True) if self.marks else frame
 
 
 def _open_gpus() -> tuple[nvml.Gpus | None, str]:
-    """NVML's GPUs; when there are none, say why, once per process, on the ``labkit`` logger."""
+    """NVML's GPUs; when there are none, say why once per process, quietly (INFO on the ``labkit``
+    logger): a laptop without a GPU is the common case, not a problem. Figures and panels say
+    :data:`NO_GPU` where a GPU panel would be."""
     global _said_no_gpu
     gpus, note = nvml.open_gpus()
     if gpus is None and not _said_no_gpu:
-        log.warning("labkit.machine.monitor: %s; recording CPU only", note)
+        log.info("labkit.machine.monitor: %s (%s)", NO_GPU, note)
         _said_no_gpu = True
     return gpus, note
 
 
-def say_if_no_gpu() -> None:
-    """Say now what the first monitor would say: a notebook kernel prints what a background thread
-    says into whichever cell runs next, so a panel says it in the cell that builds it."""
+def has_gpu() -> bool:
+    """Whether NVML sees a GPU now (what a panel checks once, to say :data:`NO_GPU` or not)."""
     gpus, _ = _open_gpus()
     if gpus is not None:
         gpus.close()
+    return gpus is not None
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

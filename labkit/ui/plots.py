@@ -19,16 +19,21 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from labkit.machine.monitor import NO_GPU
+
 if TYPE_CHECKING:
     from labkit.core.compare import Comparison
     from labkit.machine.monitor import Monitor
     from labkit.core.sweep import Sweep
 
 
-def monitor_figure(samples: pd.DataFrame, title: str = "", gpu_note: str = "") -> Figure:
-    """Per-core CPU as a heat strip, the trial's CPU use and threads, and GPU SM % and memory."""
-    fig = Figure(figsize=(9, 5.2), layout="constrained")
-    axes = fig.subplots(3, 1, sharex=True, height_ratios=[1.2, 1, 1])
+def monitor_figure(samples: pd.DataFrame, title: str = "") -> Figure:
+    """Per-core CPU as a heat strip, the trial's CPU use and threads, and GPU SM % and memory (on a
+    machine without a GPU, a line that says so instead of an empty panel). The trial's marks (see
+    :meth:`~labkit.machine.monitor.Monitor.mark`) shade its start-up and the stillness of a hang."""
+    gpus = samples[samples["source"].str.startswith("gpu")]
+    fig = Figure(figsize=(9, 5.2 if len(gpus) else 3.8), layout="constrained")
+    axes = fig.subplots(3 if len(gpus) else 2, 1, sharex=True, height_ratios=[1.2, 1, 1][:3 if len(gpus) else 2])
     fig.suptitle(title or "machine during the trial")
     end = float(samples["time_s"].max()) if len(samples) else 1.0
 
@@ -48,13 +53,29 @@ def monitor_figure(samples: pd.DataFrame, title: str = "", gpu_note: str = "") -
     threads = tree[tree["metric"].eq("threads")]
     axes[1].plot(use["time_s"], use["value"] / 100, color="tab:red", label="CPU use (cores)")
     axes[1].set_ylabel("cores busy")
+    axes[1].set_ylim(bottom=0)
     twin = axes[1].twinx()
     twin.plot(threads["time_s"], threads["value"], color="tab:blue", drawstyle="steps-post", label="OS threads")
     twin.set_ylabel("OS threads")
+    twin.set_ylim(bottom=0)
     axes[1].set_title("this process tree (the trial and its workers)", loc="left", fontsize=9)
-    axes[1].legend(handles=axes[1].lines + twin.lines, loc="upper left", fontsize=8)
 
-    gpus = samples[samples["source"].str.startswith("gpu")]
+    marks = dict(zip(samples.loc[samples["source"].eq("mark"), "metric"], samples.loc[samples["source"].eq("mark"), "value"]))
+    if marks.get("first_line", 0) > 0.05:
+        for ax in axes[:2]:
+            ax.axvspan(0, marks["first_line"], color="0.85", zorder=0)
+        axes[1].axvspan(0, 0, color="0.85", label="start-up (before the trial's code)")
+    if "hung" in marks:
+        since = marks.get("still_since", marks["hung"])
+        axes[1].axvspan(since, marks["hung"], color="tab:red", alpha=0.15, zorder=0,
+                        label="no CPU: every thread blocked" if "still_since" in marks else None)
+        for ax in axes[:2]:
+            ax.axvline(marks["hung"], color="tab:red", linestyle="--")
+        axes[1].annotate("called hung", (marks["hung"], 1), xycoords=("data", "axes fraction"), xytext=(-4, -10),
+                         textcoords="offset points", ha="right", fontsize=8, color="tab:red")
+    handles = [h for h in axes[1].get_legend_handles_labels()[0]] + twin.lines
+    axes[1].legend(handles=handles, loc="upper left", fontsize=8)
+
     if len(gpus):
         for name, rows in gpus[gpus["metric"].eq("sm_percent")].groupby("source"):
             axes[2].plot(rows["time_s"], rows["value"], label=f"{name} SM %")
@@ -68,13 +89,11 @@ def monitor_figure(samples: pd.DataFrame, title: str = "", gpu_note: str = "") -
             twin2.set_ylabel("GiB")
         axes[2].set_ylim(0, 100)
         axes[2].legend(loc="upper left", fontsize=8)
+        axes[2].set_title("GPU (NVML)", loc="left", fontsize=9)
     else:
-        axes[2].text(0.5, 0.5, f"no GPU telemetry: {gpu_note or 'no GPU seen'}", ha="center", va="center",
-                     transform=axes[2].transAxes, fontsize=8, wrap=True)
-        axes[2].set_yticks([])
-    axes[2].set_title("GPU (NVML)", loc="left", fontsize=9)
-    axes[2].set_xlabel("seconds")
-    axes[2].set_xlim(0, max(end, 0.1))
+        fig.text(0.99, 0.005, NO_GPU, ha="right", va="bottom", fontsize=7, color="0.45")
+    axes[-1].set_xlabel("seconds")
+    axes[-1].set_xlim(0, max(end, 0.1))
     return fig
 
 
@@ -124,8 +143,9 @@ def sweep_figure(sweep: "Sweep", metric: str) -> Figure:
         ax.set_xlabel(knobs[1])
         ax.set_ylabel(knobs[0])
         ax.set_title(variant, fontsize=9)
-        for (i, j), value in np.ndenumerate(grid.to_numpy()):
-            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
+        for (i, j), value in np.ndenumerate(grid.to_numpy()):  # dark text on the bright end of the map
+            bright = image.norm(value) > 0.55
+            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=8, color="black" if bright else "white")
         fig.colorbar(image, ax=ax, label=metric)
     return fig
 
@@ -203,16 +223,16 @@ class LivePlot:
         if samples.empty:
             return
         if self._on_screen:
-            self._draw(monitor_figure(samples, self.title, monitor.gpu_note))
+            self._draw(monitor_figure(samples, self.title))
         else:
             print(status_line(samples, self.title), file=sys.stderr, flush=True)
 
-    def show(self, samples: pd.DataFrame, gpu_note: str = "") -> None:
+    def show(self, samples: pd.DataFrame) -> None:
         """Draw ``samples`` now: the final picture once the trial is over, saved to ``path`` if given."""
         self._last = time.monotonic()
         if samples.empty or not (self._on_screen or self.path):
             return
-        fig = monitor_figure(samples, self.title, gpu_note)
+        fig = monitor_figure(samples, self.title)
         if self.path is not None:
             where = save(fig, self.path)
             if not self._on_screen:

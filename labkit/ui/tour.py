@@ -140,7 +140,7 @@ def _html_section(scen, result: Comparison, figures: list[Path]) -> str:
              f"<p class='verdict'>{html.escape(tour_verdict(result))}</p>",
              f"<p>On {html.escape(result.metric.name)}: {html.escape(result.verdict)}.</p>",
              *(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in notes.items()),
-             result.table().to_html(escape=True)]
+             result.table().to_html(escape=True, na_rep="–", float_format=_fmt)]
     parts += [f"<img alt='{html.escape(path.name)}' src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
               for path in figures]
     return "\n".join(parts) + "</section>"

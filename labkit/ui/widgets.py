@@ -19,7 +19,7 @@ import pandas as pd
 
 from labkit.core import scenario as registry
 from labkit.core.errors import BadInput
-from labkit.machine.monitor import say_if_no_gpu
+from labkit.machine.monitor import NO_GPU, has_gpu
 from labkit.ui.plots import LivePlot
 from labkit.core.runner import run
 from labkit.core.trial import Trial
@@ -55,7 +55,8 @@ class Runner:
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.stop_button.on_click(lambda _: self._stop.set())
-        say_if_no_gpu()  # here, not from the run's thread: see its docstring
+        self.quiet = "" if has_gpu() else NO_GPU  # said once, in grey, where the status goes
+        self.say("")
 
     @property
     def buttons(self) -> w.HBox:
@@ -66,7 +67,8 @@ class Runner:
         return [self.status, self.plot, self.table, self.details]
 
     def say(self, text: str, error: bool = False) -> None:
-        self.status.value = f"<span style='color:#b00'>{html.escape(text)}</span>" if error else text
+        quiet = f" <span style='color:#888'>({self.quiet})</span>" if self.quiet else ""
+        self.status.value = (f"<span style='color:#b00'>{html.escape(text)}</span>" if error else text) + quiet
 
     def start(self, scenario: str | registry.Scenario, variant: str, knobs: Mapping[str, Any],
               shown: Mapping[str, Any]) -> None:
@@ -108,12 +110,22 @@ class Runner:
         if trial.samples is not None:
             live.show(trial.samples)
         self.rows.append({"run": len(self.rows) + 1, **shown, "outcome": trial.outcome.value,
-                          **{k: round(v, 4) for k, v in trial.metrics.items()}, "error": trial.error or ""})
-        self.table.value = pd.DataFrame(self.rows).to_html(index=False)
+                          **{k: float(f"{v:.3g}") for k, v in trial.metrics.items()}, "error": trial.error or ""})
+        self.table.value = results_html(self.rows)
         parts = [f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in trial.notes.items()]
         parts += [f"<b>stacks of process {pid}</b><pre>{html.escape(text)}</pre>" for pid, text in trial.stacks.items()]
         self.details.value = "<br>".join(parts)
         self.say(f"{html.escape(shown.get('variant', ''))}: <b>{trial.outcome}</b> in {trial.seconds:.1f} s")
+
+
+def results_html(rows: list[dict[str, Any]]) -> str:
+    """The runs as a table that fits the panel: settings, outcome, metrics, error (a reader's order,
+    whichever row brought a column first), a dash where a run has no value, long errors cut."""
+    table = pd.DataFrame(rows)
+    table = table[[c for c in table if c != "error"] + ["error"]]
+    table["error"] = table["error"].str.slice(0, 80)
+    body = table.to_html(index=False, na_rep="–", border=0)
+    return f"<div style='max-width:900px;overflow-x:auto;font-size:90%'>{body}</div>"
 
 
 def _control(knob: registry.Knob, value: Any, bounds: tuple[float, float] | None) -> w.Widget:
@@ -197,7 +209,8 @@ def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None
     pickers = {label: w.Dropdown(options=["", *available()], description=label, style=STYLE) for label in labels}
     balanced = w.Button(description="balanced", icon="balance-scale",
                         tooltip="accelerate's get_balanced_memory + infer_auto_device_map over this machine's pair")
-    skip = w.Checkbox(value=False, description="skip_keys=model._skip_keys_device_placement", style=STYLE)
+    skip = w.Checkbox(value=False, description="skip_keys", indent=False, layout=w.Layout(width="auto"),
+                      tooltip="dispatch with skip_keys=model._skip_keys_device_placement (the fix)")
     steps = w.IntSlider(value=tokens, min=2, max=16, description="tokens", style=STYLE)
     runner = Runner(timeout)
 

@@ -22,6 +22,21 @@
 #
 # This notebook runs in quick mode (short runs that still show the real failures) so it finishes in a
 # minute or two on a 2-core laptop.
+#
+# ## What you will learn
+#
+# * what a labkit trial is, its five outcomes, and why each one runs in a process of its own;
+# * how to read the live plot: the machine's cores, the trial's CPU and threads, its start-up shaded;
+# * how to ask an A/B question of two variants, or of two functions of your own, and get an answer that
+#   says "within noise" when the difference is not there;
+# * where each failure mode is taught:
+#
+# | notebook | failure mode | the fix in one line |
+# | --- | --- | --- |
+# | 01 | threads race on a shared model's cache | one worker thread that batches, or a lock |
+# | 02 | tensors on two devices: dispatch hooks, per-thread devices | `skip_keys`; tensors made in the thread that uses them |
+# | 03 | CPU thread storms: every worker brings a full thread pool | `torch.set_num_threads(1)` per worker |
+# | 04 | tokenizer deadlock after fork; an OOM that hangs a collective | `TOKENIZERS_PARALLELISM=false` or spawn; a collective timeout |
 
 # %%
 import labkit
@@ -45,9 +60,17 @@ labkit.doctor().to_frame()
 #
 # The `thread-storm` scenario (notebook 03 tells its story) runs 4 worker processes that each generate
 # with the embedded tiny Qwen3 model and sample over a 152k vocabulary. Its broken variant leaves
-# torch's thread pool at its default in every worker. `LivePlot` redraws while the trial runs: the
-# per-core heat strip on top, the trial's CPU use and OS threads below, and the GPU panel (empty here
-# unless NVML finds a GPU).
+# torch's thread pool at its default in every worker; its main fix changes one argument:
+
+# %%
+labkit.variant_diff("thread-storm", "one-thread")
+
+# %% [markdown]
+# `LivePlot` redraws while the trial runs: the per-core heat strip on top, the trial's CPU use and OS
+# threads below (anything before the trial's own first line is shaded grey: start-up, not the trial),
+# and a GPU panel where NVML finds a GPU.
+#
+# **Predict**: 4 workers, each with a thread per core. How many compute threads per core will there be?
 
 # %%
 storm = labkit.get("thread-storm")
@@ -73,13 +96,15 @@ broken.to_frame()
 # `labkit.compare` runs two variants interleaved (A B A B ...), each trial isolated, and answers per
 # metric: the median of each side, the ratio B/A with a 95% bootstrap interval, and "within noise"
 # when that interval holds 1. `labkit.compare("thread-storm", "broken", "one-thread")` is notebook 03's
-# centrepiece (on this project's 2-core machine one-thread used about 0.2x the CPU per token, 95%
-# interval about [0.18, 0.26]), and `labkit tour` runs one for every scenario.
+# centrepiece, and `labkit tour` runs one for every scenario.
 #
 # The same engine takes two functions of your own that return `{metric: value}`. Functions defined in
 # a notebook travel to the child process by value (cloudpickle), so nothing has to be importable. Three
 # repeats keep this quick; the command line's default is five (with three, about one comparison of
 # identical variants in ten claims a difference that is not there).
+#
+# **Predict** before you run: is a Python loop slower than the built-in `sum`, and by a factor that
+# three repeats can tell from noise?
 
 # %%
 import time
@@ -114,10 +139,36 @@ labkit.comparison_figure(mine)
 #
 # Move the sliders (workers, and the torch threads each broken worker keeps), pick a variant, press
 # **Run**. Each run adds a row to the table, so pressing Run with `broken` and then with `one-thread`
-# is an A/B by hand. Try `threads=4` with `broken`: on 2 cores it is *less* bad than the default 2.
-# Notebook 03 explains why (libgomp spins hardest when a team fits the cores).
+# is an A/B by hand.
 
 # %%
 from labkit import panel
 
 panel("thread-storm", knobs=["workers", "threads"])
+
+# %% [markdown]
+# ### Exercise
+#
+# Run `broken` with `threads=2` and then `threads=4`, at 4 workers. Which uses more CPU seconds per
+# token? Predict first: more threads, more storm?
+#
+# <details><summary>Solution</summary>
+#
+# On a 2-core machine `threads=4` is usually the *milder* storm: libgomp notices that a team of 4
+# cannot fit 2 cores and stops spinning hard between parallel regions, while a team of 2 "fits" and
+# spins. One run each is noisy: press Run twice for each, or use `labkit.compare` with
+# `knobs={"threads": 4}` on one side. Notebook 03 measures it.
+#
+# </details>
+#
+# ## In your own code
+#
+# The whole course in six lines; each notebook shows its own in detail.
+#
+# * One torch thread per worker process (`torch.set_num_threads(1)`), so that workers times threads fits
+#   the cores.
+# * `TOKENIZERS_PARALLELISM=false` before forking workers, or the `spawn` start method.
+# * `timeout=` in `torch.distributed.init_process_group`, and workers that hand their errors on.
+# * `skip_keys=model._skip_keys_device_placement` when you dispatch a model yourself.
+# * Tensors made in the thread that uses them, with the device index named.
+# * No module state written from `forward` when threads share the model: a lock, or one batching thread.

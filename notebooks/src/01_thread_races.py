@@ -1,28 +1,38 @@
 # %% [markdown]
 # # Thread races and the throughput wall
 #
-# **The report** (`shared/seeds/000`, QwenLM/Qwen issue 1303): Qwen-1.8B served from ten Python threads,
-# each looping `model.chat`, raised
+# ## What you will learn
 #
-# ```
-# TypeError: cannot unpack non-iterable NoneType object
-# ```
+# * how a cache kept **on a shared module** and rebuilt lazily turns threads into a race, and the three
+#   faces it shows: a `TypeError`, an `IndexError`, and answers that are silently wrong;
+# * how to find the race in a log of who read and wrote the shared state, row by row;
+# * four fixes (a lock, per-thread state, batching, processes), the line each one changes, and what each
+#   costs in throughput;
+# * why more threads do not bring more tokens per second, and what does.
 #
-# and GPU memory and utilisation did not grow with more threads. The cause is Qwen-1's rotary position
-# embedding: it keeps its cos/sin tables, the sequence length they were built for and an NTK scaling
-# factor **on the shared module**, and rebuilds them lazily whenever a request needs a longer sequence
-# or another factor. The report's fixes: a lock, processes, batching, a request queue.
+# ## The report
 #
-# **Here**: Qwen-1's modeling code is remote code that cannot be loaded offline, so labkit rebuilds the
-# racing part of it in a small module (`labkit/llm/qwen1_rotary.py`, same shared state, same
-# order of writes) and installs it into the real transformers Qwen3 model. Each trial serves 8 requests
-# of different prompt lengths from 8 threads at once and checks every answer against the same request
-# run alone (greedy decoding). Quick mode generates 16 tokens per request.
+# > Qwen-1.8B served from ten Python threads, each looping `model.chat`, raised
+# > `TypeError: cannot unpack non-iterable NoneType object`, and GPU memory and utilisation did not grow
+# > with more threads. ([QwenLM/Qwen issue 1303](https://github.com/QwenLM/Qwen/issues/1303))
+#
+# **Two terms first.** *Rotary position embeddings* (RoPE) tell the model where each token sits by
+# rotating its query and key vectors through angles that grow with the position; implementations keep a
+# table of the cosines and sines for positions up to some length and grow it when a longer sequence
+# comes. *NTK scaling* stretches those angles for sequences longer than the model was trained on, by a
+# factor chosen from the sequence's length ("dynamic" NTK: each request may get another factor).
+#
+# Qwen-1 keeps the tables, the length they were built for and the NTK factor **on the one rotary module
+# every thread shares**, and rebuilds them whenever a request needs a longer sequence or another factor.
+#
+# **A stand-in, said plainly.** Qwen-1's modeling code is remote code that cannot be loaded offline, so
+# labkit rebuilds the racing part of it in a small module (`labkit/llm/qwen1_rotary.py`: same shared
+# state, same order of writes) and installs it into the real transformers Qwen3 model. The threads, the
+# model and `generate` are real; the rotary module is Qwen-1's pattern, rewritten. Here is its rebuild:
 
 # %%
-import inspect
-
 import pandas as pd
+from IPython.display import Markdown
 
 import labkit
 from labkit import LivePlot
@@ -30,13 +40,27 @@ from labkit.llm import qwen1_rotary
 
 race = labkit.get("thread-race")
 QUICK = dict(race.quick)
-print(inspect.getsource(qwen1_rotary.LazySharedRotary.update_rotary_pos_emb_cache))
+labkit.show_code(qwen1_rotary.LazySharedRotary.update_rotary_pos_emb_cache)
+
+# %% [markdown]
+# The length is raised **before** the new tables are assigned. A thread that checks in between sees a
+# length that says "big enough", skips its own rebuild, and reads tables that are not there yet (`None`:
+# the report's `TypeError`) or too short (`IndexError`).
+#
+# Each trial of the scenario serves 8 requests of different prompt lengths (around the trained length, so
+# their NTK factors differ) from 8 threads at once, and checks every answer against the same request run
+# alone (greedy decoding, so the right answer is known). The broken variant, and the helper it calls:
+
+# %%
+labkit.variant_code(race, "broken")
 
 # %% [markdown]
 # ## Reproduce
 #
-# The broken variant: one model, one thread per request, all started together. The trial runs in a child
-# process, so whatever the threads do, this notebook gets an answer.
+# **Predict** before you run: of the 8 answers, how many will match the answer the same request gets
+# alone? Will the trial raise, or finish?
+#
+# The trial runs in a child process, so whatever the threads do, this notebook gets an answer back.
 
 # %%
 live = LivePlot("thread-race / broken")
@@ -50,51 +74,88 @@ print(f"{broken.metrics['requests_failed']:.0f} of 8 requests failed")
 print("the broken variant failed:", broken.outcome in ("raised", "wrong"))
 
 # %% [markdown]
-# Over repeats the failure takes three forms, all from the same shared state: the report's `TypeError`
-# (a thread found the length already raised while the tables were still `None`), an `IndexError` (it
-# read the previous, shorter tables), or `wrong` answers with no error at all (its decode steps ran with
-# the NTK factor that another request's prefill left on the module). `labkit run thread-race --variant
-# broken --repeats 10` on the 2-core CI machine: 4 TypeError, 3 IndexError, 3 wrong; 10 of 10 failed.
+# The plot does not show a race: CPU and threads look like any busy trial's. The evidence is in the
+# answers, and in the log below. Over repeats the failure takes three forms, all from the same shared
+# state: the `TypeError`, an `IndexError` (a read of the previous, shorter tables), or `wrong` answers
+# with no error at all. (The exercise at the end counts them.)
 
 # %% [markdown]
 # ## Why: watch the interleaving
 #
 # `thread_race.interleaving` serves the same 8 requests from 8 threads on a model whose rotary module is
-# Qwen-1's pattern unchanged but for a log: every rebuild and every read of the shared state, with the
-# thread that made it. Each row says what the reader **needs** (the sequence length of its call), what the
-# module's cached **length says**, and how many rows the **tables hold** at that moment. It runs isolated,
-# like a trial: it races.
+# Qwen-1's pattern unchanged but for a log of every rebuild and every read, with the thread that made it.
+# Each row says:
+#
+# * **needs**: the sequence length of this call; **length says**: what the module's cached length claims
+#   at that moment; **tables hold**: how many rows the tables really have (`None`: no tables yet);
+# * **request's factor**: the NTK factor this request's own prompt length calls for; **factor used**: the
+#   one it asked the module for (at a decode step, whatever the *last prefill of any thread* left on the
+#   module); **tables' factor**: the one the shared tables were built with.
+#
+# It runs isolated, like a trial: it races.
 
 # %%
 from labkit.scenarios import thread_race
 
 traced = labkit.run_isolated(thread_race.interleaving, timeout=120)
 log = pd.DataFrame(traced.value)
-log.head(16)
+log.head(12)
 
 # %% [markdown]
-# A read whose tables hold nothing (`None`) or fewer rows than it needs landed inside another thread's
-# rebuild, between the length being raised and the tables being assigned: the length already said "big
-# enough", so the reader skipped its own rebuild. The fixes remove the shared writes (per-thread), make
-# them one at a time (lock), or leave one thread alone with the model (batched, processes).
+# Two kinds of row prove the race. A **torn read**: tables that hold fewer rows than the read needs, or
+# none, because it landed between another thread's "length raised" and "tables assigned" (the
+# `TypeError` and `IndexError`). A **borrowed factor**: a read whose factor used, or whose tables'
+# factor, is not the request's own: it computes this request's positions with another request's scaling,
+# and the answer comes out wrong without any error.
 
 # %%
-torn = log[(log["event"] == "reads tables") & ~(log["tables hold"] >= log["needs"])]
-pd.concat([torn, log[log["event"].str.startswith("raised")]]).sort_index().head(10)
+reads = log[log["event"] == "reads tables"]
+torn = reads[~(reads["tables hold"] >= reads["needs"])]
+borrowed = reads[(reads["factor used"] != reads["request's factor"]) | (reads["tables' factor"] != reads["request's factor"])]
+raised = log[log["event"].str.startswith("raised")]
+Markdown(f"In this run: **{len(torn)}** torn reads, **{len(borrowed)}** reads with a borrowed factor, "
+         f"**{len(raised)}** requests raised, out of {len(reads)} reads.")
+
+# %%
+pd.concat([torn, borrowed.head(6), raised]).sort_index()
 
 # %% [markdown]
-# ## The fixes
+# ## The fixes, and the line each one changes
 #
 # * `lock`: a lock around each request. Correct, and the requests run one at a time.
 # * `per-thread`: tables for every NTK factor built once and never written again; each thread keeps the
 #   factor of its own request in thread-local storage.
 # * `batched`: client threads hand requests to one worker thread that drains the queue into padded
-#   batches (dynamic micro-batching, a 5 ms window). Only that thread touches the model.
+#   batches (dynamic micro-batching: it waits a few milliseconds for more requests after the first).
+#   Only that thread touches the model.
 # * `processes`: a pool of worker processes, each with its own model and one torch thread.
+#
+# The first two change a line or two against the broken variant:
+
+# %%
+labkit.variant_diff(race, "lock")
+
+# %%
+labkit.variant_diff(race, "per-thread")
+
+# %% [markdown]
+# `batched` and `processes` restructure the serving instead; their code, whole:
+
+# %%
+labkit.variant_code(race, "batched", helpers=False)
+
+# %%
+labkit.show_code(thread_race.BatchingServer)
+
+# %%
+labkit.variant_code(race, "processes", helpers=False)
+
+# %% [markdown]
+# **Predict**: which fixes will answer all 8 requests right? Which will be fastest?
 
 # %%
 fixes = {v: labkit.run(race, v, knobs=QUICK, monitor=False).trials[0] for v in race.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, **t.metrics} for v, t in fixes.items()}).T
+pd.DataFrame({v: {"outcome": t.outcome, **{k: round(x, 1) for k, x in t.metrics.items()}} for v, t in fixes.items()}).T
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -105,15 +166,18 @@ print({v: (t.outcome, int(t.metrics["requests_failed"])) for v, t in fixes.items
 #
 # More threads do not bring more tokens per second: the GIL runs one thread's Python at a time, and on a
 # GPU all threads feed one CUDA queue. One batched generate gives the hardware larger pieces of work.
-
 #
 # One measurement first, because it decides what the comparison means. The serving process runs with
 # one torch thread (the `torch_threads` knob); here is why:
 
 # %%
-from labkit.scenarios.thread_race import TORCH_THREADS_WHY
+print(thread_race.TORCH_THREADS_WHY)
 
-print(TORCH_THREADS_WHY)
+# %% [markdown]
+# **Predict**: how many times the lock's tokens per second will batching reach, with 8 requests?
+#
+# The comparison runs the two variants interleaved, each trial isolated, and reports the ratio with a 95%
+# bootstrap interval: a verdict only where that interval leaves out 1.
 
 # %%
 ab = labkit.compare(race, "lock", "batched", repeats=3, knobs=QUICK, metric="tokens_per_s")
@@ -129,25 +193,59 @@ labkit.comparison_figure(ab)
 # %% [markdown]
 # ## Tokens per second over 1, 4 and 8 concurrent requests
 #
-# The same sweep helper serves every notebook. With the lock, throughput stays flat as requests are
-# added; batching grows with them. Where a GPU is present, the monitor also records its SM utilisation
-# during each trial (`trial.samples`, source `gpu0`, metric `sm_percent`); this machine has none.
+# The same sweep helper serves every notebook. With the lock, requests wait in line, so adding requests
+# adds little throughput; a batch serves them together, and its throughput grows with the batch. Where a
+# GPU is present, the monitor also records its SM utilisation during each trial (`trial.samples`,
+# source `gpu0`, metric `sm_percent`).
 
 # %%
 sweep = labkit.sweep(race, ["lock", "batched"], {"threads": [1, 4, 8]}, knobs=QUICK)
 labkit.sweep_figure(sweep, "tokens_per_s")
 
 # %%
-sweep.table("tokens_per_s")
+medians = sweep.table("tokens_per_s")["median"].unstack("threads").round(0)
+Markdown("Measured here, tokens/s at 1, 4 and 8 requests: "
+         + "; ".join(f"**{v}** {' → '.join(f'{x:.0f}' for x in row)} (x{row[8] / row[1]:.1f} from 1 to 8)"
+                     for v, row in medians.iterrows())
+         + ". One trial per point: differences of a few tens of percent are within noise.")
 
 # %% [markdown]
 # ## Play
 #
 # Pick a strategy (`broken` is plain threads on a shared model), the number of concurrent requests, the
-# tokens per request, and press Run. Each run adds a row: try `broken` and `lock` at 2 threads, then at 8;
-# try `batched` with `torch_threads` 1 and then 2.
+# tokens per request, and press Run. Each run adds a row to the table.
 
 # %%
 from labkit import panel
 
 panel("thread-race", knobs=["threads", "tokens", "torch_threads"])
+
+# %% [markdown]
+# ### Exercise
+#
+# 1. Run `broken` at 2 threads, then at 8. Does it fail at 2? Press Run a few times at each: how often does
+#    each fail?
+# 2. Run `batched` with `torch_threads` 1 and then 2. Which is faster, and why (see the note on torch
+#    threads above)?
+#
+# <details><summary>Solution</summary>
+#
+# 1. With 2 threads the two requests rarely meet inside a rebuild, but they may still borrow each other's
+#    NTK factor when their prompts need different factors, so it fails some of the time; with 8 it fails
+#    nearly every time. A race's failure rate grows with the overlap, which is why a test with one or two
+#    threads says little. From a terminal, `labkit run thread-race --variant broken --repeats 10` counts
+#    the outcomes over ten trials.
+# 2. On a small model `torch_threads=1` is usually faster: the generate runs from a worker thread, where a
+#    pool of several threads spins and waits between thousands of tiny ops (notebook 03 shows that storm).
+#
+# </details>
+#
+# ## In your own code
+#
+# * Treat any module attribute that a forward writes (caches, lengths, scaling factors) as shared state:
+#   read the model's code for `self.x = ...` inside `forward`.
+# * Serving from threads: put one lock around the model, or better, one worker thread that batches the
+#   requests (what serving engines do).
+# * Need parallel CPU work: processes, each with its own model and `torch.set_num_threads(1)`.
+# * Test concurrency with as many threads as production and compare each answer with the same request
+#   run alone: a race that returns wrong answers raises nothing.

@@ -1,33 +1,47 @@
 # %% [markdown]
 # # Device mismatches: split models, and devices that belong to a thread
 #
+# ## What you will learn
+#
+# * how accelerate's dispatch hooks move a model's inputs and outputs between devices, and why the KV
+#   cache must be left out of that move (`skip_keys`);
+# * why the same code fails on one transformers release and not on another, and how a renamed argument
+#   can silently switch a fix off;
+# * that PyTorch's default device and current CUDA device belong to a **thread**, not to the process;
+# * a check that names the tensors on the wrong device, for your own code.
+#
+# ## The reports
+#
 # Two reports, one error: `Expected all tensors to be on the same device, but found at least two
 # devices, cuda:0 and cuda:1!`
 #
-# 1. **A model split over devices** (`shared/seeds/001`): Qwen3 split over GPUs with accelerate
-#    (`init_empty_weights`, `get_balanced_memory`, `infer_auto_device_map`, `load_checkpoint_and_dispatch`)
-#    fails on the **2nd** decoding step. Fix: `skip_keys=model._skip_keys_device_placement`
-#    (transformers PR 23919; PR 28051 shows the same failure in LLaVa).
-# 2. **A device that belongs to a thread** (`shared/seeds/004`, Outlines issue 679): a model made with
-#    `device="cuda"` in the main thread and used from another thread. In PyTorch the default device and
-#    the current CUDA device are per thread.
+# > 1. **A model split over devices**: Qwen3 split over GPUs with accelerate (`init_empty_weights`,
+# >    `get_balanced_memory`, `infer_auto_device_map`, `load_checkpoint_and_dispatch`) fails on the **2nd**
+# >    decoding step. Fix: `skip_keys=model._skip_keys_device_placement`
+# >    ([transformers PR 23919](https://github.com/huggingface/transformers/pull/23919);
+# >    [PR 28051](https://github.com/huggingface/transformers/pull/28051) shows the same failure in LLaVa).
+# > 2. **A device that belongs to a thread**: a model made with `device="cuda"` in the main thread and used
+# >    from another thread ([outlines issue 679](https://github.com/dottxt-ai/outlines/issues/679)).
+#
+# **Terms.** A *device map* assigns each part of a model (embeddings, each decoder layer, the head) to a
+# device. accelerate's `dispatch_model` places the weights accordingly and adds *hooks*: small functions
+# that run before and after each part's `forward` and move tensors to where they must be.
 #
 # **Devices.** labkit takes what the machine has and says which pair it used and why: two GPUs
-# (`cuda:0 + cuda:1`), or one GPU and the CPU, or with no GPU the CPU and the **meta** device, which
-# every PyTorch build has. A meta tensor has a shape and a device but no data: a run over `cpu + meta`
-# is a **placement check** (every step completes with every tensor where the map puts it), not a numeric
-# run. Cells that need a GPU say so and do nothing without one.
+# (`cuda:0 + cuda:1`), or one GPU and the CPU, or with no GPU the CPU and the **meta** device, which every
+# PyTorch build has. A meta tensor has a shape and a device but no data: a run over `cpu + meta` is a
+# **placement check** (every step completes with every tensor where the map puts it), not a numeric run.
+# Cells that need a GPU say so and do nothing without one.
 
 # %%
-import inspect
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import torch
+from IPython.display import display
 
 import labkit
-from labkit import LivePlot
-from labkit import device_pair
+from labkit import LivePlot, device_pair
 
 mismatch, threaded = labkit.get("device-mismatch"), labkit.get("thread-device")
 pair = device_pair()
@@ -36,10 +50,71 @@ print(f"this machine's pair: {pair}\nwhy: {pair.why}")
 # %% [markdown]
 # ## 1. A split model fails on its 2nd step
 #
+# ### First: which versions do what
+#
+# The failure depends on how transformers hands the cache to the model, so start there. accelerate's
+# `send_to_device` moves tensors, tuples, lists, dicts, and any object with a `.to()`. transformers before
+# its Cache classes (< 4.36) handed the cache over as per-layer `(key, value)` tuples, which it moves.
+# transformers 5 hands over a `DynamicCache`, which has no `.to()`: the hook leaves it alone, and
+# `generate` no longer fails this way (checked here on the versions below). To reproduce the mechanism on
+# them, the trials hand the cache over as tuples and rebuild a `DynamicCache` inside the forward, as the
+# 4.x releases from 4.36 on did (`legacy_cache_forward`, printed below).
+
+# %%
+import accelerate
+import transformers
+from accelerate.utils import send_to_device
+from transformers import DynamicCache
+
+from labkit.llm import upstream
+
+legacy = ((torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4)),)
+tuples_moved = send_to_device(legacy, "meta")[0][0]
+cache_moved = upstream.cache_tensors(send_to_device(DynamicCache(legacy), "meta"))[0][0]
+print("tuples moved to meta:      ", tuples_moved.device)
+print("DynamicCache moved to meta:", cache_moved.device)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"transformers {transformers.__version__.split('.')[0]}.x, accelerate {accelerate.__version__.split('.')[0]}.x:",
+      "tuples moved:", tuples_moved.is_meta, "| DynamicCache moved:", cache_moved.is_meta)
+
+# %% [markdown]
+# One more change matters: **the name of the argument**. `skip_keys` names forward arguments, and
+# transformers 5.24 renamed the cache argument from `past_key_values` to `cache` (the old name still
+# works, with a warning, until 5.40), and `_skip_keys_device_placement` with it. Code that still hands
+# the cache over as `past_key_values=` on 5.24 gets it moved although `skip_keys` is set: the fix
+# silently stops working. labkit's own trials did exactly that on the day 5.24 came out; they now read
+# the name from the model (`labkit.llm.upstream.cache_argument`):
+
+# %%
+from labkit import tiny_model
+
+print(f"transformers {transformers.__version__}: the forward takes the cache as {upstream.cache_argument(tiny_model())!r};",
+      f"skip_keys = {upstream.skip_keys(tiny_model())}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("the cache argument is one of the skip keys:", upstream.cache_argument(tiny_model()) in upstream.skip_keys(tiny_model()))
+
+# %%
+from labkit.scenarios.device_mismatch import legacy_cache_forward
+
+labkit.show_code(legacy_cache_forward)
+
+# %% [markdown]
+# ### Reproduce
+#
 # Each trial saves the embedded tiny Qwen3 as a real checkpoint, builds the model's skeleton with
 # `init_empty_weights`, plans a map with `get_balanced_memory` and `infer_auto_device_map`, loads the
 # checkpoint and dispatches it (`load_checkpoint_in_model` then `dispatch_model`, which is what
-# `load_checkpoint_and_dispatch` does), then decodes step by step.
+# `load_checkpoint_and_dispatch` does), then decodes step by step. The code:
+
+# %%
+labkit.variant_code(mismatch, "broken")
+
+# %% [markdown]
+# **Predict**: the first step has no cache yet. Which step fails, and in which operation?
 
 # %%
 live = LivePlot("device-mismatch / broken")
@@ -85,62 +160,14 @@ with tempfile.TemporaryDirectory(prefix="labkit-nb02-") as folder:
 pd.DataFrame(rows, index=[f"layer {i}" for i in range(len(rows["map says"]))])
 
 # %% [markdown]
-# ### Which versions do what
-#
-# accelerate's `send_to_device` moves tensors, tuples, lists, dicts, and any object with a `.to()`.
-# transformers before its Cache classes (< 4.36) handed the cache over as per-layer `(key, value)`
-# tuples, which it moves. transformers 5 hands over a `DynamicCache`, which has no `.to()`: the hook
-# leaves it alone, and `generate` no longer fails this way (checked here on the versions below). To
-# reproduce the mechanism on them, the trials hand the cache over as tuples and rebuild a `DynamicCache`
-# inside the forward, as transformers 4.36 to 4.4x did (`legacy_cache_forward`).
-#
-# One more change matters: **the name of the argument**. `skip_keys` names forward arguments, and
-# transformers 5.24 renamed the cache argument from `past_key_values` to `cache` (the old name still
-# works, with a warning, until 5.40), and `_skip_keys_device_placement` with it. Code that still hands
-# the cache over as `past_key_values=` on 5.24 gets it moved although `skip_keys` is set: the fix
-# silently stops working. labkit's own trials did exactly that on the day 5.24 came out; they now read
-# the name from the model (`labkit.llm.upstream.cache_argument`):
-
-# %%
-import accelerate
-import transformers
-from accelerate.utils import send_to_device
-from transformers import DynamicCache
-
-from labkit.llm import upstream
-
-legacy = ((torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4)),)
-tuples_moved = send_to_device(legacy, "meta")[0][0]
-cache_moved = upstream.cache_tensors(send_to_device(DynamicCache(legacy), "meta"))[0][0]
-print("tuples moved to meta:      ", tuples_moved.device)
-print("DynamicCache moved to meta:", cache_moved.device)
-
-# %%
-# NBVAL_CHECK_OUTPUT
-print(f"transformers {transformers.__version__.split('.')[0]}.x, accelerate {accelerate.__version__.split('.')[0]}.x:",
-      "tuples moved:", tuples_moved.is_meta, "| DynamicCache moved:", cache_moved.is_meta)
-
-# %%
-from labkit import tiny_model
-
-print(f"transformers {transformers.__version__}: the forward takes the cache as {upstream.cache_argument(tiny_model())!r};",
-      f"skip_keys = {upstream.skip_keys(tiny_model())}")
-
-# %%
-# NBVAL_CHECK_OUTPUT
-print("the cache argument is one of the skip keys:", upstream.cache_argument(tiny_model()) in upstream.skip_keys(tiny_model()))
-
-# %%
-from labkit.scenarios.device_mismatch import legacy_cache_forward
-
-print(inspect.getsource(legacy_cache_forward))
-
-# %% [markdown]
 # ### The fix: `skip_keys`
 #
 # `skip_keys=model._skip_keys_device_placement` (for Qwen3, the cache argument printed above) tells the top
 # hook to leave the cache where each layer made it. Each step of the fixed run checks that every layer's cache is
 # on the device the map runs that layer on; with GPUs it also compares the tokens with a one-device run.
+
+# %%
+labkit.variant_diff(mismatch, "skip-keys")
 
 # %%
 fixed = labkit.run(mismatch, "skip-keys", knobs=mismatch.quick, monitor=False).trials[0]
@@ -190,6 +217,9 @@ print(f"inside `with torch.device('meta')`: main thread makes {here}, a worker t
 # its weights and **name** them.
 
 # %%
+labkit.variant_code(threaded, "broken")
+
+# %%
 live = LivePlot("thread-device / broken")
 t_broken = labkit.run(threaded, "broken", knobs=threaded.quick, on_tick=live).trials[0]
 live.show(t_broken.samples)
@@ -221,6 +251,9 @@ except DeviceMismatch as exc:
 # * `explicit-device`: name the device index everywhere (`model.to("cuda:1")`, `device="cuda:1"` for every
 #   tensor); no context is needed at all.
 # * `same-thread`: enter the context, make the model and its inputs, and generate, all in one thread.
+
+# %%
+display(labkit.variant_diff(threaded, "explicit-device"), labkit.variant_diff(threaded, "same-thread"))
 
 # %%
 t_fixes = {v: labkit.run(threaded, v, knobs=threaded.quick, monitor=False).trials[0] for v in threaded.fixes}
@@ -255,7 +288,35 @@ from labkit import panel
 panel("thread-device", knobs=["devices", "context", "tokens"])
 
 # %% [markdown]
-# ## Moonshot, not done: a virtual multi-GPU dry run
+# ### Exercise
+#
+# 1. In the device-map panel, press **balanced**, then move the split one layer earlier and run `broken`
+#    and then with `skip_keys`. Does the failing step change?
+# 2. Put every row on the same device and run without `skip_keys`. What happens, and why?
+#
+# <details><summary>Solution</summary>
+#
+# 1. No: wherever the split is, step 1 has no cache and passes, and step 2 is the first that meets a
+#    moved cache. `skip_keys` fixes every split.
+# 2. It runs clean: with one device the top hook moves the cache to where it already is. The bug needs a
+#    model split over two devices, which is why it hides on a one-GPU test machine.
+#
+# </details>
+#
+# ## In your own code
+#
+# * Dispatching a model yourself: `dispatch_model(model, device_map, skip_keys=model._skip_keys_device_placement)`
+#   (what `from_pretrained(..., device_map=...)` does for you).
+# * After upgrading transformers, check that the name in `skip_keys` is still the name your code passes the
+#   cache by (`past_key_values` became `cache` in 5.24).
+# * Make tensors in the thread that uses them, or name the device index everywhere (`"cuda:1"`, never a
+#   bare `"cuda"` that means another GPU in another thread).
+# * Where two devices meet, check before the op: `labkit.check_same_device(**tensors)` names each tensor.
+
+# %% [markdown]
+# ## Appendix, not done: a virtual multi-GPU dry run
+#
+# For the curious; nothing above depends on it.
 #
 # PyTorch's `FakeTensorMode` fakes `cuda:0` and `cuda:1` tensors on a CPU-only build and raises the real
 # mismatch error. (On a CUDA build it checks device numbers against the GPUs there: with one GPU, seen on

@@ -1,22 +1,39 @@
 # %% [markdown]
 # # CPU thread storms
 #
-# **The report** (`shared/seeds/002`, exllamav2 issue 508): batched generation with ExLlamaV2 pegged every
-# CPU core at 100% although the model ran on the GPU. It was worst with PyTorch 2.3.1 and with
-# large-vocabulary models such as Qwen2-72B (152k tokens). PyTorch's intra-op pool (OpenMP and BLAS)
-# was parallelising small CPU work such as sampling, and its threads kept spinning between parallel
-# regions. `torch.set_num_threads(1)` made generation about 20% faster; a bounded sampling pool
-# (`max_sampling_threads`) was the other fix. Related: pytorch issue 80777 (small CPU ops at 3000%
-# CPU with 32 threads).
+# ## What you will learn
+#
+# * what torch's *intra-op* thread pool is, and why several processes that each keep one make the CPU
+#   busy with waiting rather than working;
+# * how to see a storm: CPU seconds per token, OS threads, involuntary context switches;
+# * why the OpenMP *wait policy* is what turns oversubscription into a storm;
+# * four fixes, the line each changes, and how to tell a real difference from noise with an A/B.
+#
+# ## The report
+#
+# > Batched generation with ExLlamaV2 pegged every CPU core at 100% although the model ran on the GPU;
+# > worst with PyTorch 2.3.1 and large-vocabulary models such as Qwen2-72B (152k tokens).
+# > `torch.set_num_threads(1)` made generation about 20% faster; a bounded sampling pool
+# > (`max_sampling_threads`) was the other fix.
+# > ([turboderp/exllamav2 issue 508](https://github.com/turboderp/exllamav2/issues/508); related:
+# > [pytorch/pytorch issue 80777](https://github.com/pytorch/pytorch/issues/80777), small CPU ops at 3000% CPU with 32 threads.)
+#
+# **Terms.** PyTorch splits one large operation (a matrix product, a softmax over 152k logits) across an
+# *intra-op pool*: a *team* of OpenMP threads, one per core by default, that wake together for each
+# parallel region and wait for the next one. Between regions, libgomp (GCC's OpenMP) lets a waiting
+# thread **spin** for a while before it sleeps, which is fast when one process owns the machine.
 #
 # **Here**: W workers each run a real generation loop on the embedded Qwen3 model with Qwen's
-# 151,936-token vocabulary: a transformers forward with a KV cache, then temperature sampling on the
-# CPU over every logit. Left at its defaults, every worker brings an OpenMP pool with one thread per
-# core. Quick mode (2 new tokens per sequence) keeps each trial to seconds.
+# 151,936-token vocabulary: a transformers forward with a KV cache, then temperature sampling on the CPU
+# over every logit. Left at its defaults, every worker brings a pool with one thread per core. Quick mode
+# (2 new tokens per sequence) keeps each trial to seconds.
 
 # %%
+import pandas as pd
+from IPython.display import Markdown
+
 import labkit
-from labkit import LivePlot, monitor_figure
+from labkit import LivePlot
 
 storm = labkit.get("thread-storm")
 QUICK = dict(storm.quick)
@@ -24,10 +41,16 @@ report = labkit.doctor().facts
 {k: report[k] for k in ("usable_cores", "torch_intra_op_threads", "torch_parallel_backend", "native_pools", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
 
 # %% [markdown]
+# The broken variant, and the helpers that start its workers (processes, each with its own pool):
+
+# %%
+labkit.variant_code(storm, "broken")
+
+# %% [markdown]
 # ## Reproduce: the storm
 #
-# Four worker processes, each with torch's default pool. Watch the heat strip: both cores are pinned
-# for the whole run, and the run is long.
+# **Predict**: four workers, each with a pool of one thread per core, on this machine's cores. How many
+# compute threads per core? Will the cores be busy, and with what?
 
 # %%
 live = LivePlot("thread-storm / broken")
@@ -40,10 +63,17 @@ broken.metrics
 print(broken.outcome, "| more compute threads than cores:", broken.metrics["threads_per_core"] > 1)
 
 # %% [markdown]
+# Read the plot: the heat strip shows how busy each core of the machine is, the red line how many cores
+# the trial's processes use, the blue one their OS threads. The busy cores alone do not tell a storm from
+# useful work; the numbers beside it do, once there is something to compare them with.
+
+# %% [markdown]
 # ## The fix: one torch thread per worker
 #
 # Same work, `torch.set_num_threads(1)` in each worker: the parallelism comes from the workers alone.
-# The cores are just as busy, for a fraction of the time.
+
+# %%
+labkit.variant_diff(storm, "one-thread")
 
 # %%
 live = LivePlot("thread-storm / one-thread")
@@ -51,34 +81,44 @@ fixed = labkit.run(storm, "one-thread", knobs=QUICK, on_tick=live).trials[0]
 live.show(fixed.samples)
 fixed.metrics
 
+# %%
+Markdown(f"Here, one-thread generated in **{fixed.metrics['wall_s']:.2f} s** against **{broken.metrics['wall_s']:.2f} s** "
+         f"for broken (the measured window: the workers' generation, not their start-up), and used "
+         f"**{fixed.metrics['cpu_s_per_token'] / broken.metrics['cpu_s_per_token']:.2f}x** broken's CPU seconds per token "
+         "(one run each: the A/B below says whether that holds beyond noise).")
+
 # %% [markdown]
 # ## Why: threads that spin while they wait
 #
-# Oversubscription alone (8 compute threads on 2 cores) would cost some context switches. What turns it
-# into a storm is libgomp's *wait policy*: a thread that finishes its share of a parallel region spins
-# for a while, waiting for the next one, before it sleeps; and when a team fits the cores, as the
-# default pool does, it spins hard. Four processes each believe they own the machine, so the cores are
-# busy with waiting. Two measurements make that visible:
+# Oversubscription alone (more compute threads than cores) would cost some context switches. What turns it
+# into a storm is libgomp's *wait policy*: a thread that finishes its share of a parallel region spins for
+# a while, waiting for the next one, before it sleeps; and when a team fits the cores, as the default pool
+# does, it spins hard. Four processes each believe they own the machine, so the cores are busy with
+# waiting. Two measurements make that visible:
 #
 # * with `OMP_WAIT_POLICY=PASSIVE` (read when libgomp loads, so it is set before the child process
-#   starts) the *same broken variant* is as fast as the fix: waiting threads sleep instead of spinning;
-# * with `threads=4` per worker (16 threads on 2 cores) the storm is *milder* than with the default 2:
-#   libgomp notices that a team of 4 cannot fit 2 cores and throttles its spinning.
+#   starts) the *same broken variant* runs with waiting threads that sleep instead of spinning;
+# * with `threads=4` per worker (16 threads on 2 cores) libgomp notices that a team cannot fit the cores
+#   and throttles its spinning.
+#
+# **Predict** where each lands between broken and one-thread.
 
 # %%
 passive = labkit.run(storm, "broken", knobs=QUICK, env={"OMP_WAIT_POLICY": "PASSIVE"}, monitor=False).trials[0]
 four = labkit.run(storm, "broken", knobs={**QUICK, "threads": 4}, monitor=False).trials[0]
-import pandas as pd
-
 pd.DataFrame(
     {"broken (default)": broken.metrics, "broken, OMP_WAIT_POLICY=PASSIVE": passive.metrics,
      "broken, threads=4": four.metrics, "one-thread": fixed.metrics}
-).T[["tokens_per_s", "cpu_s_per_token", "os_threads", "ctx_involuntary", "threads_per_core"]]
+).T[["tokens_per_s", "cpu_s_per_token", "os_threads", "ctx_involuntary", "threads_per_core"]].round(3)
 
 # %% [markdown]
+# One run each, on a machine that is also running this notebook: read the order of the rows, and let the
+# A/B below decide the one difference that matters.
+#
 # ## A/B: broken against one-thread
 #
-# Interleaved, isolated, three repeats each. The verdicts come from the 95% interval of the ratio.
+# Interleaved (A B A B ...), isolated, three repeats each. The verdict comes from the 95% bootstrap
+# interval of the ratio; "within noise" when it holds 1.
 
 # %%
 ab = labkit.compare(storm, "broken", "one-thread", repeats=3, knobs=QUICK, metric="cpu_s_per_token")
@@ -96,16 +136,23 @@ labkit.comparison_figure(ab)
 # ## Every fix
 #
 # * `threadpool-limits`: threadpoolctl's `threadpool_limits(1)` around the hot loop. One trap found
-#   while building this: torch links MKL statically, so threadpoolctl cannot see it (the pools it
-#   lists above are libgomp and NumPy's OpenBLAS). If code calls `torch.set_num_threads(n)` first,
-#   MKL keeps `n` threads whatever threadpoolctl says; measured here, that lost most of the gain (61
-#   instead of about 340 tokens/s). The variant leaves torch's pool at its default.
-# * `bounded-pool`: the workers are threads in one process and sample through one shared pool of at
-#   most one thread per core (ExLlamaV2's `max_sampling_threads`), torch at one thread.
+#   while building this: torch links MKL statically, so threadpoolctl cannot see it (the pools it lists
+#   above are libgomp and NumPy's OpenBLAS). If code calls `torch.set_num_threads(n)` first, MKL keeps
+#   `n` threads whatever threadpoolctl says, and most of the gain is lost. The variant leaves torch's pool
+#   at its default.
+# * `bounded-pool`: the workers are threads in one process and sample through one shared pool of at most
+#   one thread per core (ExLlamaV2's `max_sampling_threads`), torch at one thread.
+
+# %%
+labkit.variant_diff(storm, "threadpool-limits")
+
+# %%
+labkit.variant_code(storm, "bounded-pool", helpers=False)
 
 # %%
 fixes = {v: labkit.run(storm, v, knobs=QUICK, monitor=False).trials[0] for v in storm.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, **t.metrics} for v, t in {"broken": broken, **fixes}.items()}).T
+pd.DataFrame({v: {"outcome": t.outcome, **{k: round(x, 3) for k, x in t.metrics.items()}}
+              for v, t in {"broken": broken, **fixes}.items()}).T
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -114,21 +161,23 @@ print({v: t.outcome for v, t in fixes.items()})
 # %% [markdown]
 # ## Threads instead of processes
 #
-# ExLlamaV2 samples from threads of one process. Here, with the workers as Python threads, the storm
-# barely shows: the GIL serialises the Python between the small ops, so the threads rarely meet in
-# parallel regions at the same time. The processes are the plain case.
+# ExLlamaV2 samples from threads of one process. **Predict**: with the workers as Python threads, is the
+# storm worse or milder than with processes?
 
 # %%
 as_threads = labkit.run(storm, "broken", knobs={**QUICK, "workers_as": "threads"}, monitor=False).trials[0]
 {"outcome": as_threads.outcome, **as_threads.metrics}
 
 # %% [markdown]
+# The GIL serialises the Python between the small ops, so the threads of one process rarely meet in
+# parallel regions at the same time; the processes are the plain case.
+#
 # ## Sweep: intra-op threads x workers
 #
-# Each point is a process with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set before torch loads in it
-# (they only act then: each setting gets a warm process of its own) and the broken variant's `threads`
-# knob at the same value. Quick mode sweeps threads 1, 2 (the default here) and workers 1, 4: the storm
-# needs both, several workers that each bring a team of threads. Set `FULL = True` for threads 1, 2, 4, 8 and workers 1, 2, 4.
+# Each point is a process with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set before torch loads in it (they
+# only act then: each setting gets a warm process of its own) and the broken variant's `threads` knob at
+# the same value. Quick mode sweeps threads 1, 2 and workers 1, 4: the storm needs both, several workers
+# that each bring a team of threads. Set `FULL = True` for threads 1, 2, 4, 8 and workers 1, 2, 4.
 
 # %%
 FULL = False
@@ -142,9 +191,11 @@ labkit.sweep_figure(grid, "tokens_per_s")
 # %%
 labkit.sweep_figure(grid, "cpu_s_per_token")
 
-# %% [markdown]
-# The diagonal where workers x threads exceeds the cores is where the CPU per token climbs; on this
-# 2-core machine the worst cell is usually threads = 2 (a team that "fits") with 2 or 4 workers.
+# %%
+cost = grid.table("cpu_s_per_token")["median"].droplevel("variant")
+worst, best = cost.idxmax(), cost.idxmin()
+Markdown(f"The most CPU per token here: threads={worst[0]}, workers={worst[1]} (**{cost.max():.3g} s**); the least: "
+         f"threads={best[0]}, workers={best[1]} (**{cost.min():.3g} s**). One trial per cell.")
 
 # %% [markdown]
 # ## Play
@@ -155,3 +206,30 @@ labkit.sweep_figure(grid, "cpu_s_per_token")
 from labkit import panel
 
 panel("thread-storm", knobs=["workers", "threads", "vocab", "workers_as"])
+
+# %% [markdown]
+# ### Exercise
+#
+# 1. With `broken`, set `vocab` small (a few thousand) and then back to the default. How does CPU per
+#    token change, and why does a large vocabulary matter?
+# 2. With `broken` at `workers=1`, is there a storm?
+#
+# <details><summary>Solution</summary>
+#
+# 1. Sampling over every logit is a parallel region per step; a small vocabulary makes it too small to
+#    parallelise, so the pool stays mostly idle and the storm shrinks. The report's large-vocabulary
+#    models (152k tokens) are the bad case.
+# 2. No: one worker with one thread per core fits the machine, which is what the default pool is made
+#    for. The storm needs several processes, each with a full team.
+#
+# </details>
+#
+# ## In your own code
+#
+# * Several worker processes (DataLoader workers, a process pool, one process per GPU): call
+#   `torch.set_num_threads(1)` in each (or set `OMP_NUM_THREADS=1` before torch loads), so that workers
+#   times threads stays within the cores.
+# * `threadpoolctl` cannot see torch's statically linked MKL: use torch's own setting for torch.
+# * `OMP_WAIT_POLICY=PASSIVE` stops waiting threads from spinning, where you cannot change the code.
+# * Measure CPU seconds per token and involuntary context switches, not only "CPU %": a busy core may be
+#   waiting.

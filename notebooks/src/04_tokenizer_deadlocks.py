@@ -1,16 +1,33 @@
 # %% [markdown]
 # # Tokenizer deadlocks, and out-of-memory that hangs instead of raising
 #
-# **The report** (`shared/seeds/003`, InternLM/lmdeploy issue 2712): lmdeploy serving InternVL2-76B
-# tensor-parallel on 8 GPUs **hung** when memory ran out, instead of raising; setting
-# `TOKENIZERS_PARALLELISM=false` relieved it. Two different mechanisms stand behind hangs like that, and
-# this notebook reproduces both on this machine, each next to its fixes:
+# ## What you will learn
+#
+# * why a process that **forks** after a thread pool has run can deadlock: the child copies the pool's
+#   memory but none of its threads;
+# * how to read a hang: which process waits, in which function, on which line (stacks as rows);
+# * how an out-of-memory error becomes a hang when a worker catches it and a peer waits in a collective;
+# * the fixes (`TOKENIZERS_PARALLELISM`, spawn, a budget check, a collective timeout) and the line each
+#   changes; and a watchdog for code you run in the notebook itself.
+#
+# ## The report
+#
+# > lmdeploy serving InternVL2-76B tensor-parallel on 8 GPUs **hung** when memory ran out, instead of
+# > raising; setting `TOKENIZERS_PARALLELISM=false` relieved it.
+# > ([InternLM/lmdeploy issue 2712](https://github.com/InternLM/lmdeploy/issues/2712))
+#
+# Two different mechanisms stand behind hangs like that, and this notebook reproduces both on this
+# machine, each next to its fixes:
 #
 # 1. **tokenizer-deadlock**: a process forks after the tokenizers library's Rust thread pool has run
-#    (huggingface/tokenizers issues 187 and 258). The child gets a copy of the pool's memory but none of
-#    its threads, and the first batch it encodes waits for them forever.
+#    ([huggingface/tokenizers issue 187](https://github.com/huggingface/tokenizers/issues/187) and
+#    [issue 258](https://github.com/huggingface/tokenizers/issues/258)). `fork` copies the parent's memory
+#    into the child, including the pool's locks and queues, but only the thread that called it: the
+#    pool's worker threads do not exist in the child, and the first batch it encodes waits for them
+#    forever.
 # 2. **oom-hang**: one tensor-parallel rank runs out of its memory budget, *catches and logs* the error and
-#    stays alive, while its peer waits in a collective for a message that never comes.
+#    stays alive, while its peer waits in a *collective* (an operation every rank must join, here an
+#    `all_reduce` that sums a tensor across ranks) for a message that never comes.
 #
 # Every hang here runs isolated with a timeout: the notebook gets `hung` back, with every process's stacks.
 
@@ -18,6 +35,7 @@
 import threading
 
 import pandas as pd
+from IPython.display import Markdown, display
 
 import labkit
 
@@ -29,11 +47,25 @@ oom = labkit.get("oom-hang")
 #
 # The trial loads the embedded tokenizer with `tokenizers` itself, encodes one batch with
 # `TOKENIZERS_PARALLELISM=true` (the Rust pool starts), then forks two worker processes that encode with
-# the tokenizer they inherited, as a DataLoader's workers would.
+# the tokenizer they inherited, as a DataLoader's workers would. These are the lines:
 
 # %%
-hung = labkit.run(tok, "broken", timeout=5, monitor=False).trials[0]
+labkit.variant_code(tok, "broken")
+
+# %% [markdown]
+# **Predict**: will the workers finish their batches? What will the trial's processes be doing after a
+# few seconds?
+
+# %%
+live = labkit.LivePlot("tokenizer-deadlock / broken")
+hung = labkit.run(tok, "broken", timeout=5, on_tick=live).trials[0]
+live.show(hung.samples)
 print(hung.outcome, "|", hung.error)
+
+# %% [markdown]
+# The plot shows the hang as it is known: the trial's processes use CPU while they load and encode, then
+# none at all (every thread blocked, the red band), with their threads still alive; after a few seconds of
+# stillness labkit calls the trial hung, takes every process's stack, and kills the process group.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -60,13 +92,22 @@ frames[frames["file"].str.endswith("tokenizer_deadlock.py")][["pid", "main", "de
 # * `library-guard`: leave the variable **unset**. tokenizers then notices the fork (a `pthread_atfork`
 #   hook) and turns parallelism off in the child. Older releases printed "The current process just got
 #   forked, after parallelism has already been used. Disabling parallelism to avoid deadlocks..."; in
-#   tokenizers 0.23.3, the version here, that message is gone (the string is not in its binary) and the
-#   guard acts silently, so its outcome is the evidence. Setting the variable to `true` removes the guard.
+#   tokenizers 0.23.3 that message is gone (the string is not in its binary) and the guard acts
+#   silently, so its outcome is the evidence. Setting the variable to `true` removes the guard.
+#
+# Each differs from the broken variant in one line: the variable, or the start method, or when to fork.
+
+# %%
+for fix in ("no-parallelism", "spawn", "pool-after-fork"):
+    display(labkit.variant_diff(tok, fix))
+
+# %% [markdown]
+# **Predict** which of them finish, and which is slowest.
 
 # %%
 fixes = {v: labkit.run(tok, v, timeout=60, monitor=False).trials[0] for v in tok.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, "TOKENIZERS_PARALLELISM": tok.get_variant(v).env.get("TOKENIZERS_PARALLELISM"),
-                  **t.metrics} for v, t in {"broken": hung, **fixes}.items()}).T
+pd.DataFrame({v: {"TOKENIZERS_PARALLELISM": tok.get_variant(v).env.get("TOKENIZERS_PARALLELISM"), "outcome": t.outcome,
+                  **{k: round(x, 1) for k, x in t.metrics.items()}} for v, t in {"broken": hung, **fixes}.items()}).T
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -109,10 +150,47 @@ from transformers import LlamaConfig
 print("Llama-2-7B, fp16, one token:", kv_cache_bytes(LlamaConfig(num_hidden_layers=32, num_attention_heads=32, hidden_size=4096), 1, 1, "float16") // 1024, "KiB")
 
 # %% [markdown]
+# ### The budget, and what the request needs
+#
+# Each rank sizes its cache up front from its budget; rank 0 has four times rank 1's. Against them, what
+# the request needs for its whole length, from the config alone:
+
+# %%
+from matplotlib.figure import Figure
+
+knobs = oom.knob_values()
+needs = kv_cache_bytes(model.config, knobs["batch"], 8 + knobs["tokens"], torch.float32)
+budgets = {"rank 0 budget": 4 * knobs["budget_kib"] * 1024, "rank 1 budget": knobs["budget_kib"] * 1024,
+           "the request needs": needs}
+fig = Figure(figsize=(6, 2.2), layout="constrained")
+ax = fig.subplots()
+ax.barh(list(budgets), [b / 1024 for b in budgets.values()], color=["tab:green", "tab:orange", "tab:red"])
+ax.set_xlabel("KV cache, KiB")
+ax.set_title(f"batch {knobs['batch']}, 8 prompt + {knobs['tokens']} new tokens per sequence", fontsize=9)
+fig
+
+# %%
+per_token = kv_cache_bytes(model.config, knobs["batch"], 1, torch.float32)
+Markdown(f"Rank 1's {knobs['budget_kib']} KiB hold **{knobs['budget_kib'] * 1024 // per_token} tokens** per sequence; "
+         f"the request needs **{8 + knobs['tokens']}**. Rank 0's budget holds it.")
+
+# %% [markdown]
 # ### Reproduce the hang
 #
-# The request asks for 8 prompt + 48 new tokens per sequence; rank 1's 128 KiB hold 32. The monitor
-# watches the trial's memory while it runs (on a GPU machine it would be the GPU's memory, through NVML).
+# The code: a rank's engine, whose worker thread catches and logs what the model raises, and the broken
+# rank's decode loop.
+
+# %%
+from labkit.scenarios import oom_hang
+
+labkit.show_code(oom_hang.Engine)
+
+# %%
+labkit.variant_code(oom, "broken")
+
+# %% [markdown]
+# **Predict**: rank 1 fails on the step its cache is full. What does rank 0 do then, and what does the
+# trial report?
 
 # %%
 live = labkit.LivePlot("oom-hang / broken")
@@ -126,10 +204,6 @@ print("logged by rank 1 and swallowed:", [l for l in oom_hung.output.splitlines(
 print(oom_hung.outcome)
 oom_frames = oom_hung.stack_frames()
 print("a rank waits in all_reduce:", bool((oom_frames["function"] == "all_reduce").any()))
-
-# %%
-rss = oom_hung.samples.query("source == 'tree' and metric == 'rss'")
-rss.assign(MiB=rss["value"] / 2**20).plot(x="time_s", y="MiB", title="memory of the trial's process tree (RSS)", legend=False);
 
 # %% [markdown]
 # Rank 0's stack ends in `all_reduce`; rank 1's main loop waits in `Engine.step` for a result its worker
@@ -151,8 +225,15 @@ waits.sort_values("depth").groupby("pid").first()[["function", "line", "file"]]
 #   loop: the failing rank raises, and the trial ends `raised`, with the reason, in seconds.
 
 # %%
+labkit.variant_diff(oom, "budget-check")
+
+# %%
+labkit.variant_diff(oom, "collective-timeout")
+
+# %%
 oom_fixes = {v: labkit.run(oom, v, timeout=30, monitor=False).trials[0] for v in oom.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, "error": (t.error or "")[:90], **t.metrics} for v, t in oom_fixes.items()}).T
+pd.DataFrame({v: {"outcome": t.outcome, **{k: round(x, 1) for k, x in t.metrics.items()}, "error": (t.error or "")[:90]}
+              for v, t in oom_fixes.items()}).T
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -184,8 +265,7 @@ print(type(caught).__name__, "| the stacks name the waiting line:", "lock.acquir
 # ## Play
 #
 # The tokenizer panel: each variant is a setting of `TOKENIZERS_PARALLELISM` (true, false, unset) and a
-# start method (fork, spawn). The OOM panel: rank 1's budget and the request's length; with a budget of
-# 256 KiB the broken variant runs clean, because the request fits.
+# start method (fork, spawn). The OOM panel: rank 1's budget and the request's length.
 
 # %%
 from labkit import panel
@@ -196,3 +276,35 @@ panel("tokenizer-deadlock", knobs=["workers", "batch"], timeout=6)
 from labkit import panel
 
 panel("oom-hang", knobs=["budget_kib", "tokens"], bounds={"budget_kib": (32, 512)}, timeout=15)
+
+# %% [markdown]
+# ### Exercise
+#
+# 1. In the OOM panel, find the smallest budget at which `broken` runs clean for the default request.
+#    Work it out first from the bar chart above, then check it.
+# 2. In the tokenizer panel, run `library-guard` and `broken`. They fork the same way: what differs?
+#
+# <details><summary>Solution</summary>
+#
+# 1. The request needs 8 + 48 = 56 tokens per sequence, so rank 1 needs
+#    `kv_cache_bytes(model.config, 4, 56, torch.float32) / 1024` KiB: the red bar. Any budget at or above
+#    it runs clean; one KiB below, rank 1 fails on its last steps and the job hangs again.
+# 2. Only the variable: unset, tokenizers' own fork hook turns the pool off in the child; `true` says
+#    "I know what I am doing" and removes that guard.
+#
+# </details>
+#
+# ## In your own code
+#
+# * Fork after a tokenizers batch (DataLoader workers, `multiprocessing` with the default `fork` start
+#   on Linux): set `TOKENIZERS_PARALLELISM=false` in the parent, or use the `spawn` start method, or
+#   create the workers before the first batch. Leaving the variable unset is guarded by the library;
+#   setting it to `true` is not.
+# * `torch.distributed.init_process_group(..., timeout=timedelta(seconds=...))`: the default waits for
+#   many minutes in a collective whose peer will never arrive.
+# * A worker thread that catches an exception must hand it to whoever waits for its result (a future's
+#   `set_exception`), not only log it.
+# * Estimate the KV cache from the config before you accept a request (`labkit.kv_cache_bytes`), and agree
+#   across ranks on what fits.
+# * Wrap code that may hang in a timeout that dumps stacks: `labkit.watchdog` in a notebook,
+#   `faulthandler.dump_traceback_later` in a script.
