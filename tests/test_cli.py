@@ -93,16 +93,19 @@ def test_doctor_reports_pools_and_variables(capsys):
     assert "device-mismatch   accelerate" in table and all(w in table for w in ("installed", "tested", "verdict"))
 
 
-def test_tour_writes_a_report(tmp_path, capsys, cheap):
+def test_tour_writes_a_report(tmp_path, capsys, cheap, monkeypatch):
+    from labkit import get
+
+    monkeypatch.setattr(get("test-count"), "speed_pair", ("fast", "fast"))  # once fixed, the A/B between fixes
     code, out, _ = run_cli(capsys, "tour", "--quick", "--repeats", "1", "--out", str(tmp_path), "--timeout", "4",
                            "--only", "test-count", "--only", "tokenizer-deadlock")
     assert code == 0 and "test-count" in out and "tokenizer-deadlock" in out
     files = {p.name for p in tmp_path.iterdir()}
-    assert {"report.md", "results.json", "test-count-ab.png", "tokenizer-deadlock-ab.png",
+    assert {"report.md", "results.json", "test-count-ab.png", "test-count-fast-fast-ab.png", "tokenizer-deadlock-ab.png",
             "tokenizer-deadlock-broken-monitor.png"} <= files
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [c["scenario"] for c in results] == ["test-count", "tokenizer-deadlock"]
-    assert results[1]["outcomes"]["a"]["hung"] == 1 and results[1]["outcomes"]["b"]["ok"] == 1
+    assert [(c["scenario"], c["a"]) for c in results] == [("test-count", "slow"), ("test-count", "fast"), ("tokenizer-deadlock", "broken")]
+    assert results[2]["outcomes"]["a"]["hung"] == 1 and results[2]["outcomes"]["b"]["ok"] == 1
     assert "fixed: broken failed 1 of 1 (1 hung), no-parallelism none" in out
     page = (tmp_path / "report.html").read_text()  # one file, every figure inside it
     assert page.count("src='data:image/png;base64,") == len(list(tmp_path.glob("*.png"))) and "<h2>Environment</h2>" in page

@@ -8,6 +8,7 @@ def test_builtin_scenarios_are_registered_with_a_broken_variant_and_fixes():
     assert "thread-storm" in names
     for s in all_scenarios():
         assert s.broken_variant and s.fixes and s.main_fix in s.fixes and s.source
+        assert s.speed_pair is None or set(s.speed_pair) <= set(s.fixes)
 
 
 def test_unknown_names_say_what_is_allowed():

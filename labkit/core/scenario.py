@@ -86,6 +86,9 @@ class Scenario:
     knobs: tuple[Knob, ...] = ()
     metrics: tuple[Metric, ...] = ()
     main_fix: str | None = None  # what `labkit tour` compares the broken variant against
+    # Once the failure is fixed, the A/B that matters between two fixes (the tour's second row), on
+    # the first metric: for a race, a lock against batching.
+    speed_pair: tuple[str, str] | None = None
     timeout: float = 60.0  # seconds from a trial's first line
     # Seconds of stillness (the trial's whole process tree using no CPU) after which it is hung
     # before its timeout; None where a trial may legitimately wait that long with every thread blocked.

@@ -65,6 +65,7 @@ race = register(
             Metric("requests_failed", "requests", False, "requests that raised or answered wrong"),
         ),
         main_fix="lock",
+        speed_pair=("lock", "batched"),
         timeout=120.0,
         quick={"tokens": 16},
     )

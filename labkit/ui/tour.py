@@ -37,7 +37,8 @@ def tour(
     out: str | Path = "labkit-report", *, repeats: int = 3, quick: bool = False, only: list[str] | None = None,
     timeout: float | None = None, progress: bool = False, start: str | None = None,
 ) -> TourReport:
-    """Compare each scenario's broken variant with its main fix; ``quick`` uses each scenario's
+    """Compare each scenario's broken variant with its main fix, then the two fixes of its
+    ``speed_pair`` where it names them; ``quick`` uses each scenario's
     fast settings (shorter runs that still show the failure); ``only`` names the scenarios to run;
     ``timeout`` replaces each scenario's own (a hung trial lasts that long)."""
     check_repeats(repeats)
@@ -50,27 +51,21 @@ def tour(
         broken, fix = scen.broken_variant, scen.main_fix
         if broken is None or fix is None:
             continue
-        result = compare(scen, broken, fix, repeats=repeats, knobs=scen.quick if quick else None, timeout=timeout,
-                         progress=progress, start=start)
-        comparisons.append(result)
-        ratio, low, high = result.interval
-        if math.isnan(ratio):  # a side that never finished (hung, raised at step 0) has nothing to divide
-            fix_over_broken = "no ratio"
-        else:
-            fix_over_broken = f"{ratio:.2f} " + ("(no interval)" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]")
-        rows.append({
-            "scenario": scen.name, "broken": f"{broken}: {result.a.outcome_text()}", "fix": f"{fix}: {result.b.outcome_text()}",
-            "metric": result.metric.name, "broken median": _fmt(result.a_median), "fix median": _fmt(result.b_median),
-            "fix/broken": fix_over_broken, "verdict": tour_verdict(result),
-        })
-        figures = [save(comparison_figure(result), folder / f"{scen.name}-ab.png").name]
-        for side in (result.a, result.b):
+        pairs = [(broken, fix), *([scen.speed_pair] if scen.speed_pair else [])]
+        results = [compare(scen, a, b, repeats=repeats, knobs=scen.quick if quick else None, timeout=timeout,
+                           progress=progress, start=start) for a, b in pairs]
+        comparisons += results
+        rows += [_row(scen, result) for result in results]
+        figures = [save(comparison_figure(result), folder / (f"{scen.name}-ab.png" if i == 0 else
+                                                             f"{scen.name}-{result.a.variant}-{result.b.variant}-ab.png")).name
+                   for i, result in enumerate(results)]
+        for side in (results[0].a, results[0].b):
             trial = side.trials[0]
             if trial.samples is not None and len(trial.samples):
                 fig = monitor_figure(trial.samples, f"{scen.name} / {side.variant} (trial 0: {trial.outcome})")
                 figures.append(save(fig, folder / f"{scen.name}-{side.variant}-monitor.png").name)
-        sections.append(_section(scen, result, figures))
-        pages.append(_html_section(scen, result, [folder / name for name in figures]))
+        sections.append(_section(scen, results, figures))
+        pages.append(_html_section(scen, results, [folder / name for name in figures]))
     table = pd.DataFrame(rows)
     (folder / "results.json").write_text(json.dumps(jsonable([c.to_dict() for c in comparisons]), indent=2))
     env = doctor()
@@ -82,6 +77,18 @@ def tour(
         table=table.to_html(index=False, escape=True), sections="\n".join(pages),
         environment=env.to_frame().to_html(index=False, escape=True)))
     return TourReport(folder, comparisons, table)
+
+
+def _row(scen, result: Comparison) -> dict[str, str]:
+    ratio, low, high = result.interval
+    if math.isnan(ratio):  # a side that never finished (hung, raised at step 0) has nothing to divide
+        b_over_a = "no ratio"
+    else:
+        b_over_a = f"{ratio:.2f} " + ("(no interval)" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]")
+    return {"scenario": scen.name, "A": f"{result.a.variant}: {result.a.outcome_text()}",
+            "B": f"{result.b.variant}: {result.b.outcome_text()}", "metric": result.metric.name,
+            "A median": _fmt(result.a_median), "B median": _fmt(result.b_median), "B/A": b_over_a,
+            "verdict": tour_verdict(result)}
 
 
 def tour_verdict(result: Comparison) -> str:
@@ -106,9 +113,10 @@ def _provenance(scen) -> str:
     return " ".join(filter(None, parts))
 
 
-def _section(scen, result: Comparison, figures: list[str]) -> str:
-    lines = [f"## {scen.name}", "", scen.summary, "", _provenance(scen), "",
-             f"**{tour_verdict(result)}**", "", f"On {result.metric.name}: {result.verdict}.", ""]
+def _section(scen, results: list[Comparison], figures: list[str]) -> str:
+    lines = [f"## {scen.name}", "", scen.summary, "", _provenance(scen), ""]
+    for result in results:
+        lines += [f"**{tour_verdict(result)}**", "", f"On {result.metric.name}: {result.verdict}.", ""]
     lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines)
 
@@ -132,15 +140,17 @@ img {{ max-width: 100%; display: block; margin: 1em 0; }}
 """
 
 
-def _html_section(scen, result: Comparison, figures: list[Path]) -> str:
-    notes = result.a.trials[0].notes if result.a.trials else {}
+def _html_section(scen, results: list[Comparison], figures: list[Path]) -> str:
+    first = results[0]
+    notes = first.a.trials[0].notes if first.a.trials else {}
     parts = [f"<section id='{html.escape(scen.name)}'><h2>{html.escape(scen.name)}</h2>",
              f"<p>{html.escape(scen.summary)}</p>",
              f"<p>{html.escape(_provenance(scen))}</p>",
-             f"<p class='verdict'>{html.escape(tour_verdict(result))}</p>",
-             f"<p>On {html.escape(result.metric.name)}: {html.escape(result.verdict)}.</p>",
-             *(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in notes.items()),
-             result.table().to_html(escape=True, na_rep="–", float_format=_fmt)]
+             *(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in notes.items())]
+    for result in results:
+        parts += [f"<p class='verdict'>{html.escape(tour_verdict(result))}</p>",
+                  f"<p>On {html.escape(result.metric.name)}: {html.escape(result.verdict)}.</p>",
+                  result.table().to_html(escape=True, na_rep="–", float_format=_fmt)]
     parts += [f"<img alt='{html.escape(path.name)}' src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
               for path in figures]
     return "\n".join(parts) + "</section>"
