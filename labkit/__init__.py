@@ -8,7 +8,8 @@ The package, by folder:
   timeouts and stillness, stacks of a hang, nothing left behind.
 * ``machine/``: what the machine is and does: the CPU/GPU monitor, NVML, the releases installed.
 * ``llm/``: the model side: the tiny model, devices and device maps, decoding by hand, KV-cache
-  sizes, the names borrowed from transformers and accelerate, the Qwen-1 rotary stand-in.
+  sizes, the names borrowed from transformers and accelerate, the Qwen-1 rotary stand-in, a module
+  that keeps no state between calls.
 * ``scenarios/``: one module per failure mode, its broken variant and its fixes; found by listing
   the folder.
 * ``ui/``: figures and live plots, widget panels, a variant's code and a fix's diff, ``doctor``,

@@ -253,6 +253,17 @@ def _press_run(page, cell, ask_kernel: bool) -> dict:
             "details": box.locator(".labkit-details").inner_text()[:300]}
 
 
+def _run_then_stop(page, cell) -> str:
+    """Press Run, then Stop while the trial runs: the panel says it stopped and kills the trial."""
+    box = cell.locator(".labkit-panel")
+    status = box.locator(".labkit-status")
+    box.locator(".labkit-run-button").click()
+    _wait(lambda: "running" in status.inner_text(), 30, lambda: f"the run to start (status: {status.inner_text()!r})")
+    box.locator(".labkit-stop-button").click()
+    _wait(lambda: "stopped" in status.inner_text(), 30, lambda: f"the panel to stop (status: {status.inner_text()!r})")
+    return status.inner_text()
+
+
 @pytest.mark.parametrize("notebook", [nb.name for nb in NOTEBOOKS])
 def test_notebook_panels_in_the_browser(notebook, lab, browser, artifacts):
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
@@ -289,6 +300,10 @@ def test_notebook_panels_in_the_browser(notebook, lab, browser, artifacts):
                 assert run["pictures"] >= 2, f"the plot did not move during the run: {run}"
         if notebook in HANGS:
             assert " hung " in runs[0]["status"] and "stacks of process" in runs[0]["details"], runs[0]
+            # Stop on a trial that would hang until its timeout: the panel says so and is free again
+            assert "the trial's processes were killed" in _run_then_stop(page, play.nth(play.count() - 1))
+            again = play.nth(play.count() - 1).locator(".labkit-run-button")
+            _wait(again.is_enabled, 10, "Run to be enabled again after Stop")
     finally:
         page.screenshot(path=str(artifacts / f"{Path(notebook).stem}-page.png"))  # what it looked like at the end
         page.close()

@@ -32,3 +32,12 @@ def test_code_renders_as_a_block_in_a_notebook():
 def test_unknown_variant_is_bad_input():
     with pytest.raises(labkit.BadInput, match="allowed: broken"):
         labkit.variant_diff("thread-race", "nope")
+
+
+def test_one_part_of_a_long_library_function():
+    from transformers.modeling_rope_utils import dynamic_rope_update
+
+    part = labkit.show_code(dynamic_rope_update, between=("def dynamic_frequency_update", "@wraps")).text
+    assert part.startswith("def dynamic_frequency_update") and "register_buffer" in part and "@wraps" not in part
+    with pytest.raises(labkit.BadInput, match="is not in the source"):
+        labkit.show_code(dynamic_rope_update, between=("no such line", "@wraps"))

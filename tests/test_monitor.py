@@ -25,7 +25,8 @@ def test_it_samples_at_its_rate_and_stops():
 
 
 def test_it_follows_a_busy_child_process():
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    # a second of its own CPU time, however long a loaded machine takes to give it that
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nwhile time.process_time() < 1.0: pass"])
     try:
         with Monitor(interval=0.05, gpu=False) as mon:
             busy.wait()
@@ -33,7 +34,7 @@ def test_it_follows_a_busy_child_process():
         busy.kill()
     assert max(s.processes for s in mon.samples) >= 2
     used = mon.samples[-1].tree_cpu_s - mon.samples[0].tree_cpu_s
-    assert used > 0.8  # the child burned ~1.5 s of CPU, reaped children included
+    assert used > 0.8  # the child burned 1 s of CPU (start-up included), reaped children included
 
 
 def test_it_survives_a_missing_nvml(monkeypatch, caplog):

@@ -113,3 +113,23 @@ def test_the_interleaving_log_shows_the_race_with_threads_and_nothing_without():
     assert alone.outcome == together.outcome == "ok"
     assert _evidence(alone.value) == (0, 0)
     assert sum(_evidence(together.value)) > 0, together.value
+
+
+DYNAMIC = {"pattern": "dynamic-rope"}  # 32 tokens a request: 24 of 24 trials failed here (12 tokens: 14 of 16)
+
+
+def test_transformers_own_dynamic_rope_races_and_only_stateless_rotary_state_fixes_it(side_by_side):
+    """The library's own code path (dynamic_rope_update), not a stand-in."""
+    broken = run("thread-race", "broken", repeats=2, knobs=DYNAMIC, monitor=False).trials
+    assert all(t.outcome in ("raised", "wrong") for t in broken), [t.error for t in broken]
+    trials = side_by_side("thread-race", ["per-thread", "batched"], knobs=DYNAMIC)
+    assert trials["per-thread"].outcome == "ok", trials["per-thread"].error
+    # every row of a batch is scaled by the batch's longest position: short requests get other answers
+    assert trials["batched"].outcome == "wrong" and trials["batched"].metrics["requests_failed"] >= 1
+
+
+def test_a_shared_dynamic_rope_model_answers_by_what_it_served_before():
+    from labkit import run_isolated
+
+    answers = run_isolated(thread_race.history, timeout=120).value
+    assert answers["alone"] != answers["after a longer request"]

@@ -71,6 +71,9 @@ class Variant:
     summary: str
     broken: bool = False
     env: Mapping[str, str | None] = field(default_factory=dict)  # applied before the child starts
+    # What the fix's trials end with when it works: "ok", or "raised" for a fix whose point is to fail
+    # fast with the real error instead of hanging (a collective timeout, an error handed on).
+    expect: str = "ok"
 
 
 @dataclass
@@ -102,12 +105,13 @@ class Scenario:
         self.knobs = tuple(self.knobs)
         self.metrics = tuple(self.metrics)
 
-    def variant(self, name: str, *, broken: bool = False, env: Mapping[str, str | None] | None = None):
+    def variant(self, name: str, *, broken: bool = False, env: Mapping[str, str | None] | None = None,
+                expect: str = "ok"):
         """Decorator that adds ``fn`` as variant ``name``; its docstring's first line is the summary."""
 
         def add(fn: Callable[..., Mapping[str, float]]):
             summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-            self.variants[name] = Variant(name, fn, summary, broken, dict(env or {}))
+            self.variants[name] = Variant(name, fn, summary, broken, dict(env or {}), expect)
             return fn
 
         return add

@@ -205,7 +205,7 @@ def _collective_timeout_rank(rank: int, store: str, knobs: dict) -> dict[str, fl
     return _decode(engine, knobs["batch"], knobs["tokens"])
 
 
-@oom.variant("collective-timeout")
+@oom.variant("collective-timeout", expect="raised")
 def collective_timeout(**knobs: Any) -> dict[str, float]:
     """A process-group timeout, and the engine passes the worker's error to its main loop: it raises."""
     return _ranks(knobs, _collective_timeout_rank)

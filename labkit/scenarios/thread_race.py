@@ -1,4 +1,4 @@
-"""thread-race: N requests served from threads on one model whose rotary cache is shared state.
+"""thread-race: N requests served from threads on one model whose rotary module is shared state.
 
 Source: ``shared/seeds/000`` — Qwen-1.8B served from several Python threads raised
 ``TypeError: cannot unpack non-iterable NoneType object`` (QwenLM/Qwen issue 1303: ten threads each
@@ -9,13 +9,28 @@ Each trial encodes N prompts of different lengths (some longer than the trained 
 NTK factors differ) from the corpus with the embedded tokenizer, generates each one alone first to
 get the reference answer (greedy), then serves all N at once and checks every answer against its
 reference. A request that raises makes the trial ``raised``; one that finishes with other tokens
-makes it ``wrong``. The model is the real transformers Qwen3 with Qwen-1's rotary pattern
-installed (:mod:`labkit.scenarios.qwen1_rotary` says why it is rebuilt rather than loaded).
+makes it ``wrong``.
+
+Two patterns of the same race (the ``pattern`` knob), on the real transformers Qwen3 model:
+
+* ``qwen1``: Qwen-1's rotary module, rebuilt small and installed in the model (a stand-in:
+  :mod:`labkit.llm.qwen1_rotary` says why it is rebuilt rather than loaded);
+* ``dynamic-rope``: transformers' **own** dynamic NTK RoPE (``rope_type="dynamic"``, a trained
+  length of 32). Its ``dynamic_rope_update`` rewrites the shared rotary module's ``inv_freq`` from
+  each call's sequence length, growing past the trained length and resetting below it, so a
+  thread's forward can compute with the frequencies another thread's request just set: silently
+  wrong answers. The pattern is in transformers' code since ``LlamaDynamicNTKScalingRotaryEmbedding``
+  (4.31), as ``_dynamic_frequency_update`` after the rotary refactor, and under the
+  ``dynamic_rope_update`` decorator since pull request 37249 (2025); confirmed here on 5.24.
+
+Batching is no fix for ``dynamic-rope``: transformers scales every row of a batch by the batch's
+longest position, so a short request batched with a long one gets another answer than alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import queue
 import threading
 import time
@@ -28,6 +43,7 @@ from labkit.core.scenario import Knob, Metric, Scenario, positive, register
 from labkit.llm.devices import usable_cores
 
 LENGTHS = (6, 40, 12, 48, 20, 36, 9, 56)  # around the trained length (32): NTK factors 1 and 3
+PATTERNS = ("qwen1", "dynamic-rope")
 BATCH_WINDOW_S = 0.005  # how long the batching server waits for more requests after the first
 TORCH_THREADS_WHY = """\
 One intra-op thread by default: this tiny model's generate is thousands of tiny ops, and with torch's
@@ -49,16 +65,20 @@ def _compute_device(name: str) -> str:
 race = register(
     Scenario(
         name="thread-race",
-        summary="threads share a lazily rebuilt rotary cache (Qwen-1): TypeError or silently wrong answers",
-        source="seed 000 (Qwen-1.8B from threads): QwenLM/Qwen issue 1303",
+        summary="threads share a rotary module that its forward rewrites (Qwen-1's cache, or transformers' dynamic "
+                "RoPE): TypeError or silently wrong answers",
+        source="seed 000 (Qwen-1.8B from threads): QwenLM/Qwen issue 1303; transformers' dynamic_rope_update",
         notebook="01_thread_races",
         confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24")},
-        confirmed_setup="Qwen3 with Qwen-1's rotary pattern; 2-core x86-64, and an H100 (cuda:0)",
+        confirmed_setup="Qwen3 with Qwen-1's rotary pattern: 2-core x86-64 and an H100 (cuda:0); with transformers' "
+                        "dynamic RoPE: 2-core x86-64 on transformers 5.24",
         knobs=(
             positive("threads", 8, "concurrent requests (one client thread each)", high=64),
             positive("tokens", 32, "new tokens per request (greedy)", high=256),
             positive("torch_threads", 1, "torch intra-op threads in the serving process (see TORCH_THREADS_WHY)", high=64),
             Knob("device", "cpu", "device the model runs on", validate=_compute_device),
+            Knob("pattern", "qwen1", "qwen1: Qwen-1's rotary cache (a stand-in); dynamic-rope: transformers' own dynamic RoPE",
+                 choices=PATTERNS),
         ),
         metrics=(
             Metric("tokens_per_s", "tokens/s", True, "new tokens of all requests per wall-clock second"),
@@ -93,19 +113,37 @@ def generate(model, batch: list[list[int]], tokens: int, device: str) -> list[li
     return out[:, width:].tolist()
 
 
-def _model(device: str, rotary: Callable | None = None):
-    from labkit.llm.models import tiny_model
-    from labkit.llm.qwen1_rotary import LazySharedRotary, install
+def dynamic_rope_model():
+    """The embedded model with transformers' dynamic NTK RoPE and a trained length the prompts cross."""
+    from labkit.llm.models import tiny_config, tiny_model
+    from labkit.llm.qwen1_rotary import TRAINED_LENGTH
 
+    rope = {**tiny_config().rope_parameters, "rope_type": "dynamic", "factor": 2.0}
+    return tiny_model(rope_parameters=rope, max_position_embeddings=TRAINED_LENGTH)
+
+
+def _model(device: str, pattern: str = "qwen1", per_thread: bool = False):
+    """The serving model: its rotary state shared by every thread, or (``per_thread``) none shared: Qwen-1's
+    factor per thread over read-only tables; for dynamic RoPE, a fresh rotary module per call."""
+    from labkit.llm.models import tiny_model
+    from labkit.llm.per_thread import Stateless
+    from labkit.llm.qwen1_rotary import LazySharedRotary, PerThreadRotary, install
+
+    if pattern == "dynamic-rope":
+        model = dynamic_rope_model().to(device)
+        if per_thread:
+            model.model.rotary_emb = Stateless(model.model.rotary_emb)
+        return model
     model = tiny_model().to(device)
-    install(model, rotary or LazySharedRotary)
+    install(model, PerThreadRotary if per_thread else LazySharedRotary)
     return model
 
 
-def solo_answers(requests: list[list[int]], tokens: int, device: str, rotary=None) -> list[list[int]]:
-    """Each request generated alone, one after another, on a model of its own: the right answers."""
-    model = _model(device, rotary)
-    return [generate(model, [p], tokens, device)[0] for p in requests]
+def solo_answers(requests: list[list[int]], tokens: int, device: str, pattern: str = "qwen1") -> list[list[int]]:
+    """Each request generated alone on a fresh copy of the model: the right answers (for dynamic RoPE a
+    shared model's answer also depends on the requests served before it; see :func:`history`)."""
+    model = _model(device, pattern)
+    return [generate(copy.deepcopy(model), [p], tokens, device)[0] for p in requests]
 
 
 def check_answers(references: list[list[int]], answers: list[Any]) -> list[int]:
@@ -125,19 +163,19 @@ def _outcome(references, answers, errors, wall: float, tokens: int) -> dict[str,
     return metrics
 
 
-def _serving_setup(knobs: dict) -> tuple[str, int]:
+def _serving_setup(knobs: dict) -> tuple[str, int, str]:
     import torch
 
     torch.set_num_threads(knobs["torch_threads"])
-    return knobs["device"], knobs["tokens"]
+    return knobs["device"], knobs["tokens"], knobs["pattern"]
 
 
-def _threads(knobs: dict, rotary=None, guard: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
+def _threads(knobs: dict, per_thread: bool = False, guard: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
     """Every request in its own thread, all on one shared model, started together."""
-    device, tokens = _serving_setup(knobs)
+    device, tokens, pattern = _serving_setup(knobs)
     requests = prompts(knobs["threads"])
-    references = solo_answers(requests, tokens, device, rotary)
-    model = _model(device, rotary)  # a fresh model (empty cache) serves the concurrent requests
+    references = solo_answers(requests, tokens, device, pattern)
+    model = _model(device, pattern, per_thread)  # a fresh model (empty cache) serves the concurrent requests
 
     def serve(i: int) -> list[int]:
         with guard():
@@ -162,10 +200,8 @@ def lock(**knobs: Any) -> dict[str, float]:
 
 @race.variant("per-thread")
 def per_thread(**knobs: Any) -> dict[str, float]:
-    """Tables precomputed once and never written; each thread keeps its own NTK factor."""
-    from labkit.llm.qwen1_rotary import PerThreadRotary
-
-    return _threads(knobs, rotary=PerThreadRotary)
+    """No rotary state shared: Qwen-1's tables built once and its factor per thread; dynamic RoPE on a fresh copy per call."""
+    return _threads(knobs, per_thread=True)
 
 
 def interleaving(threads: int = 8, tokens: int = 8) -> list[dict]:
@@ -188,6 +224,18 @@ def interleaving(threads: int = 8, tokens: int = 8) -> list[dict]:
 
     together(threads, serve, name="request")
     return rotary.log
+
+
+def history(tokens: int = 16) -> dict[str, list[int]]:
+    """One shared dynamic-RoPE model, no threads: the same short request served after a long one and
+    on a fresh model. The long one leaves its scaling on the module (its ``inv_freq`` only resets
+    below the trained length), so the short one is computed with it: even one request at a time, a
+    shared model's answer depends on what it served before. Returns both answers."""
+    long, short = prompts(8)[7], prompts(8)[1]  # 56 and 40 tokens: both past the trained length
+    model = _model("cpu", "dynamic-rope")
+    alone = generate(copy.deepcopy(model), [short], tokens, "cpu")[0]
+    generate(model, [long], tokens, "cpu")
+    return {"alone": alone, "after a longer request": generate(model, [short], tokens, "cpu")[0]}
 
 
 class BatchingServer:
@@ -241,10 +289,10 @@ class BatchingServer:
 @race.variant("batched")
 def batched(**knobs: Any) -> dict[str, float]:
     """Client threads hand their requests to one worker thread that generates them as padded batches."""
-    device, tokens = _serving_setup(knobs)
+    device, tokens, pattern = _serving_setup(knobs)
     requests = prompts(knobs["threads"])
-    references = solo_answers(requests, tokens, device)
-    server = BatchingServer(_model(device), tokens, device)
+    references = solo_answers(requests, tokens, device, pattern)
+    server = BatchingServer(_model(device, pattern), tokens, device)
     answers, errors, wall = together(len(requests), lambda i: server.submit(requests[i]).result(), name="request")
     server.close()
     metrics = _outcome(references, answers, errors, wall, tokens)
@@ -254,12 +302,12 @@ def batched(**knobs: Any) -> dict[str, float]:
 _worker_model = None
 
 
-def _worker_start(device: str, ready) -> None:
+def _worker_start(device: str, pattern: str, ready) -> None:
     global _worker_model
     import torch
 
     torch.set_num_threads(1)  # the processes are the parallelism; see the thread-storm scenario
-    _worker_model = _model(device)
+    _worker_model = _model(device, pattern)
     ready.wait()
 
 
@@ -271,13 +319,13 @@ def _worker_generate(args: tuple[list[int], int, str]) -> list[int]:
 @race.variant("processes")
 def processes(**knobs: Any) -> dict[str, float]:
     """A pool of worker processes, one model each, one torch thread each: no shared state at all."""
-    device, tokens = knobs["device"], knobs["tokens"]
+    device, tokens, pattern = knobs["device"], knobs["tokens"], knobs["pattern"]
     requests = prompts(knobs["threads"])
     size = min(usable_cores(), len(requests))
     ctx = fork_context()  # forked before this process starts any thread or touches CUDA
     ready = ctx.Barrier(size + 1)
-    with ctx.Pool(size, initializer=_worker_start, initargs=(device, ready)) as pool:
-        references = solo_answers(requests, tokens, device)  # in this process, after the fork
+    with ctx.Pool(size, initializer=_worker_start, initargs=(device, pattern, ready)) as pool:
+        references = solo_answers(requests, tokens, device, pattern)  # in this process, after the fork
         ready.wait()  # every worker has built its model: the clock starts on serving alone
         t0 = time.monotonic()
         answers = pool.map(_worker_generate, [(p, tokens, device) for p in requests], chunksize=1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from labkit.core import scenario as registry
+from labkit.core.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,16 @@ def variant_diff(scenario: str | registry.Scenario, variant: str, against: str |
     return Code(f"{scen.name}: {variant} against {base}", "\n".join(lines), "diff")
 
 
-def show_code(obj: Callable | type) -> Code:
-    """Any function's or class's source, rendered like a variant's (the rotary module of a race)."""
-    return Code(f"{obj.__module__}.{obj.__qualname__}", _source(obj))
+def show_code(obj: Callable | type, *, between: tuple[str, str] | None = None) -> Code:
+    """Any function's or class's source, rendered like a variant's (the rotary module of a race);
+    ``between``: only the lines from the first that holds ``between[0]`` to the last before the next
+    that holds ``between[1]`` (one part of a long library function)."""
+    text = _source(obj)
+    if between is not None:
+        lines = text.splitlines()
+        first = next((i for i, line in enumerate(lines) if between[0] in line), None)
+        if first is None:
+            raise BadInput(f"{between[0]!r} is not in the source of {obj.__qualname__}")
+        end = next((i for i in range(first + 1, len(lines)) if between[1] in lines[i]), len(lines))
+        text = textwrap.dedent("\n".join(lines[first:end])).rstrip() + "\n"
+    return Code(f"{obj.__module__}.{obj.__qualname__}", text)

@@ -92,12 +92,15 @@ def _row(scen, result: Comparison) -> dict[str, str]:
 
 
 def tour_verdict(result: Comparison) -> str:
-    """Outcomes first: a fix that stops the failure is the answer; speed only when both finish."""
+    """Outcomes first: a fix that stops the failure is the answer; speed only when both finish. A fix
+    works when its trials end as it expects (``Variant.expect``: "ok", or "raised" for a fast failure)."""
+    expect = get(result.scenario).get_variant(result.b.variant).expect
     broken_failed = sum(t.outcome != "ok" for t in result.a.trials)
-    fix_failed = sum(t.outcome != "ok" for t in result.b.trials)
+    fix_failed = sum(t.outcome != expect for t in result.b.trials)
     n = len(result.a.trials)
     if broken_failed and not fix_failed:
-        return f"fixed: {result.a.variant} failed {broken_failed} of {n} ({result.a.outcome_text()}), {result.b.variant} none"
+        fix_did = "none" if expect == "ok" else f"{expect} in every trial, as it should"
+        return f"fixed: {result.a.variant} failed {broken_failed} of {n} ({result.a.outcome_text()}), {result.b.variant} {fix_did}"
     if fix_failed:
         return f"not fixed: {result.b.variant} failed {fix_failed} of {n} ({result.b.outcome_text()})"
     return result.verdict

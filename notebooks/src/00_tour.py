@@ -36,7 +36,7 @@
 # | 01 | threads race on a shared model's cache | one worker thread that batches, or a lock |
 # | 02 | tensors on two devices: dispatch hooks, per-thread devices | `skip_keys`; tensors made in the thread that uses them |
 # | 03 | CPU thread storms: every worker brings a full thread pool | `torch.set_num_threads(1)` per worker |
-# | 04 | tokenizer deadlock after fork; an OOM that hangs a collective | `TOKENIZERS_PARALLELISM=false` or spawn; a collective timeout |
+# | 04 | tokenizer deadlock after fork; an OOM that hangs a collective; a stream that never ends | `TOKENIZERS_PARALLELISM=false` or spawn; a collective timeout; errors handed to the caller |
 
 # %%
 import labkit

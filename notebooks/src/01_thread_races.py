@@ -28,7 +28,9 @@
 # **A stand-in, said plainly.** Qwen-1's modeling code is remote code that cannot be loaded offline, so
 # labkit rebuilds the racing part of it in a small module (`labkit/llm/qwen1_rotary.py`: same shared
 # state, same order of writes) and installs it into the real transformers Qwen3 model. The threads, the
-# model and `generate` are real; the rotary module is Qwen-1's pattern, rewritten. Here is its rebuild:
+# model and `generate` are real; the rotary module is Qwen-1's pattern, rewritten. The second half of
+# this notebook runs the same race on **transformers' own code**, with nothing rewritten: its dynamic
+# RoPE. First, Qwen-1's rebuild:
 
 # %%
 import pandas as pd
@@ -210,6 +212,56 @@ Markdown("Measured here, tokens/s at 1, 4 and 8 requests: "
          + ". One trial per point: differences of a few tens of percent are within noise.")
 
 # %% [markdown]
+# ## Today's transformers races on its own code: dynamic RoPE
+#
+# Everything above used Qwen-1's pattern, rebuilt. transformers itself has a race of the same family in
+# its own rotary code. A model configured with dynamic NTK scaling (`rope_parameters={"rope_type":
+# "dynamic", ...}`) runs this before every rotary forward (transformers' `dynamic_rope_update`):
+
+# %%
+from transformers.modeling_rope_utils import dynamic_rope_update
+
+labkit.show_code(dynamic_rope_update, between=("def dynamic_frequency_update", "@wraps"))
+
+# %% [markdown]
+# It writes `inv_freq` **on the rotary module that every thread shares**, from *this call's* sequence
+# length: growing past the trained length, resetting below it. Between one thread's update and its use of
+# `inv_freq`, another thread's request can set other frequencies. No error is raised: the answer is
+# computed with another request's scaling. The same pattern is in transformers since 4.31
+# (`LlamaDynamicNTKScalingRotaryEmbedding`), moved under this decorator by
+# [PR 37249](https://github.com/huggingface/transformers/pull/37249); confirmed here on the installed release.
+#
+# The scenario's `pattern="dynamic-rope"` serves the same 8 requests on the embedded model with that
+# configuration (a trained length of 32, which the prompts cross) and nothing of labkit's in the model.
+# **Predict**: which of the four fixes still work?
+
+# %%
+DYNAMIC = {"pattern": "dynamic-rope"}  # 32 new tokens a request: the race shows in nearly every trial
+dynamic = {v: labkit.run(race, v, knobs=DYNAMIC, monitor=False).trials[0] for v in race.variants}
+pd.DataFrame({v: {"outcome": t.outcome, "requests_failed": t.metrics.get("requests_failed")} for v, t in dynamic.items()}).T
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print({v: dynamic[v].outcome for v in ("broken", "per-thread", "batched")})
+
+# %% [markdown]
+# * `broken` fails with wrong answers: the library's own race.
+# * `per-thread` holds: for this pattern it runs every rotary call on a fresh copy of the module
+#   (`labkit.llm.per_thread.Stateless`), so no call sees what another wrote.
+# * `batched` is **no fix here**: transformers scales every row of a batch by the batch's longest
+#   position, so a short request batched with a long one is computed with the long one's scaling.
+# * `lock` and `processes` stop the race, but not the other half of the problem: the module keeps what
+#   the last request left, and only resets below the trained length. Served one at a time, a request's
+#   answer still depends on the requests before it. Their outcome above depends on the order the
+#   requests happened to take. `thread_race.history` shows it with no threads at all:
+
+# %%
+served = labkit.run_isolated(thread_race.history, timeout=120).value
+Markdown(f"The same request, alone on a fresh model and after a longer one on a shared model: "
+         f"**{'different' if served['alone'] != served['after a longer request'] else 'the same'}** answers "
+         f"(they part at token {next((i for i, (a, b) in enumerate(zip(*served.values())) if a != b), None)}).")
+
+# %% [markdown]
 # ## Play
 #
 # Pick a strategy (`broken` is plain threads on a shared model), the number of concurrent requests, the
@@ -218,7 +270,7 @@ Markdown("Measured here, tokens/s at 1, 4 and 8 requests: "
 # %%
 from labkit import panel
 
-panel("thread-race", knobs=["threads", "tokens", "torch_threads"])
+panel("thread-race", knobs=["threads", "tokens", "torch_threads", "pattern"])
 
 # %% [markdown]
 # ### Exercise
@@ -227,6 +279,7 @@ panel("thread-race", knobs=["threads", "tokens", "torch_threads"])
 #    each fail?
 # 2. Run `batched` with `torch_threads` 1 and then 2. Which is faster, and why (see the note on torch
 #    threads above)?
+# 3. Switch `pattern` to `dynamic-rope` and run `lock` a few times. Why does it sometimes fail?
 #
 # <details><summary>Solution</summary>
 #
@@ -237,6 +290,9 @@ panel("thread-race", knobs=["threads", "tokens", "torch_threads"])
 #    the outcomes over ten trials.
 # 2. On a small model `torch_threads=1` is usually faster: the generate runs from a worker thread, where a
 #    pool of several threads spins and waits between thousands of tiny ops (notebook 03 shows that storm).
+# 3. The lock serves the requests one at a time, in whatever order the threads reach it; dynamic RoPE
+#    keeps the scaling of the longest request so far until a request shorter than the trained length
+#    resets it, so a request served after a longer one gets another answer than alone.
 #
 # </details>
 #
@@ -249,3 +305,5 @@ panel("thread-race", knobs=["threads", "tokens", "torch_threads"])
 # * Need parallel CPU work: processes, each with its own model and `torch.set_num_threads(1)`.
 # * Test concurrency with as many threads as production and compare each answer with the same request
 #   run alone: a race that returns wrong answers raises nothing.
+# * Dynamic RoPE (`rope_type="dynamic"`) keeps per-request state on the model: serve it with no rotary
+#   state shared between calls, and do not batch requests whose lengths cross the trained length.

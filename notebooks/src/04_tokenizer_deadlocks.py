@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Tokenizer deadlocks, and out-of-memory that hangs instead of raising
+# # Hangs: tokenizer deadlocks, out-of-memory that hangs, streams that never end
 #
 # ## What you will learn
 #
@@ -7,6 +7,7 @@
 #   memory but none of its threads;
 # * how to read a hang: which process waits, in which function, on which line (stacks as rows);
 # * how an out-of-memory error becomes a hang when a worker catches it and a peer waits in a collective;
+# * how a streamed generation whose worker thread fails leaves its caller waiting forever;
 # * the fixes (`TOKENIZERS_PARALLELISM`, spawn, a budget check, a collective timeout) and the line each
 #   changes; and a watchdog for code you run in the notebook itself.
 #
@@ -28,6 +29,9 @@
 # 2. **oom-hang**: one tensor-parallel rank runs out of its memory budget, *catches and logs* the error and
 #    stays alive, while its peer waits in a *collective* (an operation every rank must join, here an
 #    `all_reduce` that sums a tensor across ranks) for a message that never comes.
+#
+# A third hang comes from today's stack itself, not from the report: **streamer-hang**, the streaming
+# pattern of most chat demos, where `generate` fails in a worker thread and the caller waits forever.
 #
 # Every hang here runs isolated with a timeout: the notebook gets `hung` back, with every process's stacks.
 
@@ -98,7 +102,7 @@ frames[frames["file"].str.endswith("tokenizer_deadlock.py")][["pid", "main", "de
 # Each differs from the broken variant in one line: the variable, or the start method, or when to fork.
 
 # %%
-for fix in ("no-parallelism", "spawn", "pool-after-fork"):
+for fix in tok.fixes:
     display(labkit.variant_diff(tok, fix))
 
 # %% [markdown]
@@ -240,6 +244,59 @@ pd.DataFrame({v: {"outcome": t.outcome, **{k: round(x, 1) for k, x in t.metrics.
 print({v: t.outcome for v, t in oom_fixes.items()})
 
 # %% [markdown]
+# ## 3. A stream that never ends
+#
+# Chat demos and many servers stream text the same way: `model.generate(..., streamer=TextIteratorStreamer(tokenizer))`
+# in a worker thread, and the caller iterating the streamer to send each piece on. When `generate` raises
+# in the worker, nothing more reaches the streamer's queue. Here the failure is real and inside
+# `generate`: sampling with `temperature=0` (what a UI's slider sends at zero) fails transformers' own
+# check of the settings; in production it is more often an out-of-memory error halfway through an answer.
+# ([transformers PR 22576](https://github.com/huggingface/transformers/pull/22576) added the streamer's
+# `timeout` for this.) The caller's side:
+
+# %%
+streaming = labkit.get("streamer-hang")
+labkit.variant_code(streaming, "broken")
+
+# %% [markdown]
+# **Predict**: `generate` raises in its thread. Does the caller see the error?
+
+# %%
+stream_hung = labkit.run(streaming, "broken", monitor=False).trials[0]
+print(stream_hung.outcome, "|", stream_hung.error)
+stream_frames = stream_hung.stack_frames()
+stream_frames[stream_frames["main"]].sort_values("depth")[["thread", "depth", "function", "line", "file"]].head(4)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(stream_hung.outcome, "| threads left:", stream_frames["thread"].nunique(),
+      "| the caller waits in:", stream_frames.sort_values("depth")["function"].iloc[:3].tolist())
+
+# %% [markdown]
+# One thread is left, the caller, waiting in `Queue.get` inside the streamer's `__next__`; the generate
+# thread is gone. Its `ValueError` was printed by Python's thread exception hook to stderr, where a server
+# logs it and nobody connects it to the request that hangs.
+#
+# ### The fixes
+#
+# * `timeout`: the streamer's own `timeout=`: the caller stops waiting and raises, but with `queue.Empty`
+#   (here turned into a `TimeoutError` that says so), not with the reason.
+# * `propagate`: the worker catches the error, ends the stream (`streamer.end()` puts the stop signal), and
+#   hands the error over; the caller re-raises the real one. This is the fix users want.
+
+# %%
+labkit.variant_diff(streaming, "propagate")
+
+# %%
+stream_fixes = {v: labkit.run(streaming, v, monitor=False).trials[0] for v in streaming.fixes}
+pd.DataFrame({v: {"outcome": t.outcome, "seconds": round(t.seconds, 1), "error": (t.error or "")[:90]}
+              for v, t in stream_fixes.items()}).T
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print({v: (t.outcome, t.error.split(":")[0]) for v, t in stream_fixes.items()})
+
+# %% [markdown]
 # ## A watchdog for your own code
 #
 # Isolation is for trials. For code you run in the notebook itself, `labkit.watchdog(seconds=...)` (a
@@ -304,6 +361,8 @@ panel("oom-hang", knobs=["budget_kib", "tokens"], bounds={"budget_kib": (32, 512
 #   many minutes in a collective whose peer will never arrive.
 # * A worker thread that catches an exception must hand it to whoever waits for its result (a future's
 #   `set_exception`), not only log it.
+# * Streaming from a worker thread: catch what `generate` raises there, call `streamer.end()`, and re-raise
+#   it in the caller; give the streamer a `timeout` as a backstop.
 # * Estimate the KV cache from the config before you accept a request (`labkit.kv_cache_bytes`), and agree
 #   across ranks on what fits.
 # * Wrap code that may hang in a timeout that dumps stacks: `labkit.watchdog` in a notebook,
