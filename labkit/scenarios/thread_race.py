@@ -126,7 +126,7 @@ def _model(device: str, pattern: str = "qwen1", per_thread: bool = False):
     """The serving model: its rotary state shared by every thread, or (``per_thread``) none shared: Qwen-1's
     factor per thread over read-only tables; for dynamic RoPE, a fresh rotary module per call."""
     from labkit.llm.models import tiny_model
-    from labkit.llm.per_thread import Stateless
+    from labkit.llm.stateless import Stateless
     from labkit.llm.qwen1_rotary import LazySharedRotary, PerThreadRotary, install
 
     if pattern == "dynamic-rope":

@@ -247,7 +247,7 @@ print({v: dynamic[v].outcome for v in ("broken", "per-thread", "batched")})
 # %% [markdown]
 # * `broken` fails with wrong answers: the library's own race.
 # * `per-thread` holds: for this pattern it runs every rotary call on a fresh copy of the module
-#   (`labkit.llm.per_thread.Stateless`), so no call sees what another wrote.
+#   (`labkit.llm.stateless.Stateless`), so no call sees what another wrote.
 # * `batched` is **no fix here**: transformers scales every row of a batch by the batch's longest
 #   position, so a short request batched with a long one is computed with the long one's scaling.
 # * `lock` and `processes` stop the race, but not the other half of the problem: the module keeps what
