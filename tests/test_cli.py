@@ -35,6 +35,7 @@ def test_list_names_every_scenario_and_variant(capsys):
         (["tour", "--timeout", "0", "--out", "/nonexistent/never-made"], "timeout must be a positive number"),
         (["run", "thread-storm"], "the following arguments are required: --variant"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["doctor", "--workers", "0"], "workers must be at least 1, got 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
@@ -83,9 +84,17 @@ def test_compare_runs_a_real_scenario(capsys):
     assert code == 0 and "texts_per_s" in out and "spawn/no-parallelism = " in out and "95% CI" in out
 
 
+@pytest.mark.parametrize("setting, verdict", [("true", "exposed"), ("false", "not exposed")])
+def test_doctor_judges_the_tokenizer_deadlock_by_the_variable(capsys, monkeypatch, setting, verdict):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", setting)
+    code, out, _ = run_cli(capsys, "doctor", "--json")
+    rows = {h["failure"]: h for h in json.loads(out)["hazards"]}
+    assert code == 0 and rows["tokenizer-deadlock"]["verdict"] == verdict, rows["tokenizer-deadlock"]
+
+
 def test_doctor_reports_pools_and_variables(capsys):
     code, out, _ = run_cli(capsys, "doctor")
-    assert code == 0
+    assert code == 0 and out.startswith("hazards on this machine and environment:")
     for key in ("logical_cores", "torch_intra_op_threads", "native_pools", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM",
                 "start_method", "nvml", "version:torch"):
         assert key in out
@@ -109,4 +118,5 @@ def test_tour_writes_a_report(tmp_path, capsys, cheap, monkeypatch):
     assert "fixed: broken failed 1 of 1 (1 hung), no-parallelism none" in out
     page = (tmp_path / "report.html").read_text()  # one file, every figure inside it
     assert page.count("src='data:image/png;base64,") == len(list(tmp_path.glob("*.png"))) and "<h2>Environment</h2>" in page
+    assert "<h2>Hazards on this machine</h2>" in page and "tokenizer-deadlock" in page.split("Hazards on this machine")[1]
     assert "<section id='tokenizer-deadlock'>" in page and "fixed: broken failed 1 of 1" in page

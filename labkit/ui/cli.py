@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--only", action="append", metavar="SCENARIO", help="run only this scenario (repeatable)")
     tour.add_argument("--timeout", type=float, default=None, help=TIMEOUT_HELP)
     tour.add_argument("--fresh", action="store_true", help=FRESH_HELP)
-    sub.add_parser("doctor", help="cores, thread pools, variables, devices, versions")
+    doc = sub.add_parser("doctor", help="hazards, cores, thread pools, variables, devices, versions")
+    doc.add_argument("--workers", type=int, default=1, help="worker processes you run, each with torch's pool (default 1)")
+    doc.add_argument("--json", action="store_true", help="hazards, facts and versions as JSON")
     return parser
 
 
@@ -160,9 +162,13 @@ def _tour(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from labkit.core._json import jsonable
     from labkit.ui.doctor import doctor
 
-    print(doctor())
+    report = doctor(workers=args.workers)
+    print(json.dumps(jsonable(report.to_dict()), indent=2) if args.json else report)
     return 0
 
 

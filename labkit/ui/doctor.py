@@ -16,6 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+from labkit.core.errors import BadInput
+from labkit.ui.hazards import Hazard, hazards
+
 ENV_VARS = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
     "KMP_BLOCKTIME", "TOKENIZERS_PARALLELISM", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF",
@@ -36,6 +39,19 @@ info = {
     "cuda_available": torch.cuda.is_available(),
     "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
 }
+try:
+    from torch.distributed import constants
+    info["distributed_default_timeout"] = str(constants.default_pg_timeout)
+except Exception:
+    pass
+try:  # does accelerate's dispatch hook move the cache transformers hands over? (device-mismatch)
+    from accelerate.utils import send_to_device
+    from transformers import DynamicCache
+    from labkit.llm.upstream import cache_tensors
+    cache = DynamicCache(((torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)),))
+    info["dispatch_moves_cache"] = cache_tensors(send_to_device(cache, "meta"))[0][0].is_meta
+except Exception:
+    pass
 print(json.dumps(info))
 """
 
@@ -44,9 +60,16 @@ print(json.dumps(info))
 class Report:
     facts: dict[str, Any] = field(default_factory=dict)
     versions: list[dict[str, Any]] = field(default_factory=list)  # each scenario's libraries: tested, confirmed, outside
+    hazards: list[Hazard] = field(default_factory=list)  # each failure mode: exposed, not exposed, unknown
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([(k, _text(v)) for k, v in self.facts.items()], columns=["what", "value"])
+
+    def hazards_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([h.to_dict() for h in self.hazards], columns=["failure", "verdict", "evidence", "fix"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hazards": [h.to_dict() for h in self.hazards], "facts": self.facts, "versions": self.versions}
 
     def versions_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.versions, columns=["scenario", "library", "installed", "tested", "confirmed_on", "verdict"])
@@ -55,7 +78,8 @@ class Report:
         width = max(map(len, self.facts))
         facts = "\n".join(f"{k:<{width}}  {_text(v)}" for k, v in self.facts.items())
         outside = sum(row["verdict"] == "outside" for row in self.versions)
-        return (f"{facts}\n\nversions, per scenario (tested: the set the README installs; confirmed: the series "
+        hazards = "\n".join(f"{h.failure:<23} {h.verdict:<12} {h.evidence}\n{'':<36} fix: {h.fix}" for h in self.hazards)
+        return (f"hazards on this machine and environment:\n{hazards}\n\n{facts}\n\nversions, per scenario (tested: the set the README installs; confirmed: the series "
                 f"the failure was seen on; outside: neither, {outside} here):\n"
                 + self.versions_frame().to_string(index=False))
 
@@ -66,7 +90,9 @@ def _text(value: Any) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def doctor() -> Report:
+def doctor(workers: int = 1) -> Report:
+    """The facts, and the hazards they expose; ``workers``: the worker processes you run, each with
+    torch's pool (what the thread-storm judgement multiplies)."""
     import platform
 
     import psutil
@@ -77,6 +103,8 @@ def doctor() -> Report:
     from labkit.llm.upstream import installed
     from labkit.machine.versions import scenario_standing
 
+    if workers < 1:
+        raise BadInput(f"workers must be at least 1, got {workers}")
     facts: dict[str, Any] = {
         "python": f"{platform.python_version()} ({sys.executable})",
         "platform": platform.platform(),
@@ -97,4 +125,4 @@ def doctor() -> Report:
     facts.update({f"version:{name}": installed({"pynvml": "nvidia-ml-py"}.get(name, name)) or "not installed"
                   for name in LIBRARIES})
     versions = [row for scen in all_scenarios() for row in scenario_standing(scen)]
-    return Report(facts, versions)
+    return Report(facts, versions, hazards(facts, workers))

@@ -75,6 +75,7 @@ def tour(
     )
     (folder / "report.html").write_text(HTML_PAGE.format(
         table=table.to_html(index=False, escape=True), sections="\n".join(pages),
+        hazards=env.hazards_frame().to_html(index=False, escape=True),
         environment=env.to_frame().to_html(index=False, escape=True)))
     return TourReport(folder, comparisons, table)
 
@@ -137,6 +138,9 @@ img {{ max-width: 100%; display: block; margin: 1em 0; }}
 <p>Each scenario's broken variant against its main fix, every trial isolated in a child process.</p>
 {table}
 {sections}
+<h2>Hazards on this machine</h2>
+<p>Which failure modes this machine and environment are exposed to (<code>labkit doctor</code>).</p>
+{hazards}
 <h2>Environment</h2>
 {environment}
 </body></html>

@@ -46,14 +46,20 @@ for s in labkit.all_scenarios():
     print(f"{s.name}: broken={s.broken_variant}, fixes={', '.join(s.fixes)}")
 
 # %% [markdown]
-# ## What this machine has
+# ## What this machine has, and what it is exposed to
 #
 # `labkit.doctor()` reads the thread pools in a fresh interpreter (they are fixed when a library
-# loads), the variables that change them, and the GPUs. The same report is `labkit doctor` on the
-# command line.
+# loads), the variables that change them, and the GPUs, and judges each failure mode from them:
+# `exposed`, `not exposed`, or `unknown` where it depends on your code, with the evidence and the fix.
+# Say how many worker processes you run (`doctor(workers=4)`, `labkit doctor --workers 4`): the storm
+# depends on it.
 
 # %%
-labkit.doctor().to_frame()
+report = labkit.doctor(workers=4)
+report.hazards_frame()
+
+# %%
+report.to_frame()
 
 # %% [markdown]
 # ## One trial, watched
