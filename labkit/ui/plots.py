@@ -60,7 +60,8 @@ def monitor_figure(samples: pd.DataFrame, title: str = "") -> Figure:
     twin.set_ylim(bottom=0)
     axes[1].set_title("this process tree (the trial and its workers)", loc="left", fontsize=9)
 
-    marks = dict(zip(samples.loc[samples["source"].eq("mark"), "metric"], samples.loc[samples["source"].eq("mark"), "value"]))
+    marked = samples[samples["source"].eq("mark")]
+    marks = dict(zip(marked["metric"], marked["value"]))
     if marks.get("first_line", 0) > 0.05:
         for ax in axes[:2]:
             ax.axvspan(0, marks["first_line"], color="0.85", zorder=0)
@@ -73,8 +74,7 @@ def monitor_figure(samples: pd.DataFrame, title: str = "") -> Figure:
             ax.axvline(marks["hung"], color="tab:red", linestyle="--")
         axes[1].annotate("called hung", (marks["hung"], 1), xycoords=("data", "axes fraction"), xytext=(-4, -10),
                          textcoords="offset points", ha="right", fontsize=8, color="tab:red")
-    handles = [h for h in axes[1].get_legend_handles_labels()[0]] + twin.lines
-    axes[1].legend(handles=handles, loc="upper left", fontsize=8)
+    axes[1].legend(handles=axes[1].get_legend_handles_labels()[0] + twin.lines, loc="upper left", fontsize=8)
 
     if len(gpus):
         for name, rows in gpus[gpus["metric"].eq("sm_percent")].groupby("source"):

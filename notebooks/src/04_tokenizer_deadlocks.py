@@ -285,7 +285,8 @@ print(stream_hung.outcome, "| threads left:", stream_frames["thread"].nunique(),
 #   hands the error over; the caller re-raises the real one. This is the fix users want.
 
 # %%
-labkit.variant_diff(streaming, "propagate")
+for fix in streaming.fixes:
+    display(labkit.variant_diff(streaming, fix))
 
 # %%
 stream_fixes = {v: labkit.run(streaming, v, monitor=False).trials[0] for v in streaming.fixes}
