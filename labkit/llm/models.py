@@ -106,17 +106,26 @@ def tiny_tokenizer():
     return AutoTokenizer.from_pretrained(tiny_dir(), padding_side="left")
 
 
+def checked_model(path_or_id: str) -> str:
+    """``path_or_id`` if it can name a model: ``tiny``, a hub id, or an existing folder with a config
+    (checked before any process starts; a hub id is only known when it loads), else :class:`BadInput`."""
+    looks_like_path = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
+    folder = Path(path_or_id).expanduser()
+    if looks_like_path and not folder.exists():
+        raise BadInput(f"model path {path_or_id!r} does not exist; give an existing folder, a hub id, or 'tiny'")
+    if folder.is_dir() and not (folder / "config.json").exists():
+        raise BadInput(f"{path_or_id!r} is not a model folder (no config.json); give a saved model's folder, a hub id, or 'tiny'")
+    return path_or_id
+
+
 def load(path_or_id: str = TINY, **kwargs: Any):
     """Return ``(model, tokenizer)``: the embedded pair for ``"tiny"``, else a real model.
 
     A local folder or a hub id works; no network is used unless the id is not cached locally and
     the user has not set ``HF_HUB_OFFLINE``.
     """
-    if path_or_id == TINY:
+    if checked_model(path_or_id) == TINY:
         return tiny_model(**kwargs), tiny_tokenizer()
-    looks_like_path = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
-    if looks_like_path and not Path(path_or_id).expanduser().exists():
-        raise BadInput(f"model path {path_or_id!r} does not exist; give an existing folder, a hub id, or 'tiny'")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs).eval()

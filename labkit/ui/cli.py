@@ -1,4 +1,4 @@
-"""``labkit list | run | compare | tour | doctor`` (contracts in shared/DESIGN.md).
+"""``labkit list | run | compare | tour | doctor | check`` (contracts in shared/DESIGN.md).
 
 Bad input ends with one line on stderr and exit status 2, no traceback; an interrupted command
 still kills its trial's process group on the way out (see :mod:`labkit.isolation.isolated`).
@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="hazards, cores, thread pools, variables, devices, versions")
     doc.add_argument("--workers", type=int, default=1, help="worker processes you run, each with torch's pool (default 1)")
     doc.add_argument("--json", action="store_true", help="hazards, facts and versions as JSON")
+    check = sub.add_parser("check", help="checks of your own setup: `check threads` (is a model safe to serve from threads?)")
+    check.add_argument("what", choices=["threads"])
+    check.add_argument("--model", default="tiny", help="tiny (the embedded model), a local folder, or a cached hub id")
+    check.add_argument("--threads", type=int, default=8)
+    check.add_argument("--requests", type=int, default=None, help="requests in all (default: one per thread)")
+    check.add_argument("--tokens", type=int, default=16, help="new tokens per request (greedy)")
+    check.add_argument("--qwen1-rotary", action="store_true", help="install Qwen-1's racy rotary first (to see a failure)")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
 
@@ -119,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         if t.error:
             print(f"    {t.error}")
         for key, text in t.notes.items():
-            print(f"    {key}: {text}")
+            if text != t.error:  # a hang's note is its error: said once
+                print(f"    {key}: {text}")
         for pid, text in t.stacks.items():
             print(f"    stacks of process {pid}:")
             print("\n".join(f"      {line}" for line in text.splitlines()))
@@ -172,7 +181,27 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"list": _list, "run": _run, "compare": _compare, "tour": _tour, "doctor": _doctor}
+def _check(args: argparse.Namespace) -> int:
+    """Exit 0 when no race was seen, 1 when one was (or the check could not finish)."""
+    import json
+
+    from labkit.core._json import jsonable
+    from labkit.llm.thread_safety import check_thread_safety
+
+    result = check_thread_safety(args.model, threads=args.threads, requests=args.requests, tokens=args.tokens,
+                                 qwen1_rotary=args.qwen1_rotary)
+    if args.json:
+        print(json.dumps(jsonable(result.to_dict()), indent=2))
+    else:
+        if result.requests:
+            print(result.to_frame().to_string(index=False))
+        for pid, text in result.stacks.items():
+            print(f"stacks of process {pid}:\n{text}")
+        print(result.verdict)
+    return 0 if result.outcome == "ok" and not result.failed else 1
+
+
+_COMMANDS = {"list": _list, "run": _run, "compare": _compare, "tour": _tour, "doctor": _doctor, "check": _check}
 
 if __name__ == "__main__":
     sys.exit(main())
