@@ -19,9 +19,6 @@ import pandas as pd
 
 from labkit.core.errors import BadInput
 
-LENGTHS = (6, 40, 12, 48, 20, 36, 9, 56)  # the thread-race scenario's: short and long prompts mixed
-
-
 @dataclass(frozen=True)
 class ThreadSafety:
     model: str
@@ -64,7 +61,7 @@ def _check(model: str, threads: int, requests: int, tokens: int, qwen1_rotary: b
 
     from labkit.core.harness import together
     from labkit.llm.models import corpus, load
-    from labkit.scenarios.thread_race import generate
+    from labkit.scenarios.thread_race import generate, prompts as cut
 
     torch.set_num_threads(1)
     shared, tokenizer = load(model)
@@ -72,8 +69,7 @@ def _check(model: str, threads: int, requests: int, tokens: int, qwen1_rotary: b
         from labkit.llm.qwen1_rotary import install
 
         install(shared)
-    ids = tokenizer(corpus())["input_ids"]
-    prompts = [list(ids[7 * i: 7 * i + LENGTHS[i % len(LENGTHS)]]) for i in range(requests)]
+    prompts = cut(requests, tokenizer(corpus())["input_ids"])  # thread-race's mix of short and long prompts
     alone = [generate(copy.deepcopy(shared), [p], tokens, "cpu")[0] for p in prompts]
     answers: list[Any] = [None] * requests
     errors: list[BaseException | None] = [None] * requests

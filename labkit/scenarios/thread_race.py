@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from labkit.core.errors import BadInput, WrongResult
 from labkit.core.harness import fork_context, together, with_metrics
@@ -92,11 +92,12 @@ race = register(
 )
 
 
-def prompts(n: int) -> list[list[int]]:
-    """N token-id prompts cut from the corpus, of the lengths in LENGTHS (cycled)."""
+def prompts(n: int, ids: Sequence[int] | None = None) -> list[list[int]]:
+    """N token-id prompts cut from the corpus (``ids``: as another tokenizer encodes it), of the
+    lengths in LENGTHS (cycled)."""
     from labkit.llm.models import corpus_ids
 
-    ids = corpus_ids()
+    ids = corpus_ids() if ids is None else ids
     return [list(ids[7 * i: 7 * i + LENGTHS[i % len(LENGTHS)]]) for i in range(n)]
 
 
