@@ -13,7 +13,9 @@ the answer is decisive or its time budget is spent, and says which (``Comparison
 Looking at the interval after every pair and stopping at the first that excludes 1 would find a
 difference between identical variants far more often than 5% of the time, so it looks only at
 :data:`LOOKS` trials a side, and calls a look decisive only when a stricter interval
-(:data:`LOOK_CONFIDENCE`) excludes 1: over all looks, a false "decisive" stays under 5%.
+(:data:`LOOK_CONFIDENCE`) excludes 1: over all looks, a false "decisive" stays under 5%. Its
+verdict is given at that level too (``Comparison.confidence``), so it never names a winner that
+its looks called not decisive.
 """
 
 from __future__ import annotations
@@ -109,14 +111,14 @@ def answer(a: str, b: str, metric: Metric, ratio: float, low: float, high: float
     return f"{b} is {'better' if better else 'worse'} than {a} on {metric.name}"
 
 
-def verdict(a: str, b: str, metric: Metric, ratio: float, low: float, high: float) -> str:
+def verdict(a: str, b: str, metric: Metric, ratio: float, low: float, high: float, confidence: float = 0.95) -> str:
     """The answer with the ratio and its interval that support it."""
     words = answer(a, b, metric, ratio, low, high)
     if math.isnan(ratio):
         return words
     if math.isnan(low):
         return f"{words} ({b}/{a} = {ratio:.2f}, no interval)"
-    return f"{words} ({b}/{a} = {ratio:.2f}, 95% CI [{low:.2f}, {high:.2f}])"
+    return f"{words} ({b}/{a} = {ratio:.2f}, {confidence * 100:g}% CI [{low:.2f}, {high:.2f}])"
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ class Comparison:
     metric: Metric
     metrics: tuple[Metric, ...] = ()
     stopped: str = ""  # why it ran the trials it ran: fixed, decisive, or the budget spent
+    # The interval's level: 95% for a fixed number of trials; an open-ended comparison, which looked
+    # at its interval several times, answers at its looks' stricter level, so that its verdict and
+    # its "decisive" agree (a 95% verdict after three looks would claim differences too often).
+    confidence: float = 0.95
 
     @property
     def a_median(self) -> float:
@@ -142,7 +148,7 @@ class Comparison:
 
     @cached_property
     def interval(self) -> tuple[float, float, float]:
-        return ratio_ci(self.a.values(self.metric.name), self.b.values(self.metric.name))
+        return ratio_ci(self.a.values(self.metric.name), self.b.values(self.metric.name), confidence=self.confidence)
 
     @property
     def ratio(self) -> float:
@@ -154,7 +160,7 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        return verdict(self.a.variant, self.b.variant, self.metric, *self.interval)
+        return verdict(self.a.variant, self.b.variant, self.metric, *self.interval, confidence=self.confidence)
 
     @property
     def answer(self) -> str:
@@ -165,9 +171,8 @@ class Comparison:
         return replace(self, metric=metric_named(self.metrics, name, self.scenario))
 
     def decisive(self) -> bool:
-        """Whether this look's stricter interval (:data:`LOOK_CONFIDENCE`) leaves 1 out."""
-        _, low, high = ratio_ci(self.a.values(self.metric.name), self.b.values(self.metric.name),
-                                confidence=LOOK_CONFIDENCE)
+        """Whether the interval (at an open-ended comparison's :data:`LOOK_CONFIDENCE`) leaves 1 out."""
+        _, low, high = self.interval
         return not math.isnan(low) and not low <= 1.0 <= high
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +191,7 @@ class Comparison:
             "ci": [low, high],
             "verdict": self.verdict,
             "stopped": self.stopped,
+            "confidence": self.confidence,
             "outcomes": {"a": self.a.summary["outcomes"], "b": self.b.summary["outcomes"]},
             "versions": self.a.versions,
             "metrics": [vars(m) for m in self.metrics],
@@ -196,7 +202,8 @@ class Comparison:
     def from_dict(cls, data: Mapping[str, Any]) -> "Comparison":
         metrics = tuple(Metric(**m) for m in data["metrics"])
         a, b = (TrialSet.from_dict(data["sides"][side]) for side in "ab")
-        return cls(data["scenario"], a, b, metric_named(metrics, data["metric"], data["scenario"]), metrics, data["stopped"])
+        return cls(data["scenario"], a, b, metric_named(metrics, data["metric"], data["scenario"]), metrics, data["stopped"],
+                   data.get("confidence", 0.95))
 
     @classmethod
     def load(cls, path: str | Path) -> tuple["Comparison", ...]:
@@ -254,7 +261,8 @@ def compare(
     if budget <= 0:
         raise BadInput(f"budget must be a positive number of seconds, got {budget:g}")
     result = Comparison(scen.name, *(TrialSet(scen.name, name, values, units=scen.units) for name in (a, b)),
-                        chosen, scen.metrics, f"fixed: {repeats} trials a side")
+                        chosen, scen.metrics, f"fixed: {repeats} trials a side",
+                        0.95 if repeats is not None else LOOK_CONFIDENCE)
     plan = [Planned(name, values, i) for i in range(repeats or LOOKS[-1]) for name in (a, b)]
     began = time.monotonic()
     for planned, trial in trials(scen, plan, options, f"{scen.name} {a} vs {b}"):
