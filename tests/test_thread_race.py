@@ -95,24 +95,14 @@ def test_on_a_gpu_the_race_and_its_fixes_hold_and_the_monitor_sees_the_gpu():
         assert (trial.samples.source == "gpu0").any()  # SM utilisation and memory through NVML
 
 
-def _evidence(log):
-    """Reads inside another thread's rebuild, and reads with another request's NTK factor."""
-    import pandas as pd
-
-    reads = pd.DataFrame(log).query("event == 'reads tables'")
-    torn = reads[~(reads["tables hold"] >= reads["needs"])]
-    borrowed = reads[(reads["factor used"] != reads["request's factor"]) | (reads["tables' factor"] != reads["request's factor"])]
-    return len(torn), len(borrowed)
-
-
 def test_the_interleaving_log_shows_the_race_with_threads_and_nothing_without():
     from labkit import run_isolated
 
     alone = run_isolated(thread_race.interleaving, {"threads": 1}, timeout=120)
     together = run_isolated(thread_race.interleaving, {"threads": 8}, timeout=120)
     assert alone.outcome == together.outcome == "ok"
-    assert _evidence(alone.value) == (0, 0)
-    assert sum(_evidence(together.value)) > 0, together.value
+    assert [len(rows) for rows in thread_race.evidence(alone.value)] == [0, 0]
+    assert sum(len(rows) for rows in thread_race.evidence(together.value)) > 0, together.value
 
 
 DYNAMIC = {"pattern": "dynamic-rope"}  # 32 tokens a request: 24 of 24 trials failed here (12 tokens: 14 of 16)

@@ -32,8 +32,9 @@ def monitor_figure(samples: pd.DataFrame, title: str = "") -> Figure:
     machine without a GPU, a line that says so instead of an empty panel). The trial's marks (see
     :meth:`~labkit.machine.monitor.Monitor.mark`) shade its start-up and the stillness of a hang."""
     gpus = samples[samples["source"].str.startswith("gpu")]
+    panels = 3 if len(gpus) else 2
     fig = Figure(figsize=(9, 5.2 if len(gpus) else 3.8), layout="constrained")
-    axes = fig.subplots(3 if len(gpus) else 2, 1, sharex=True, height_ratios=[1.2, 1, 1][:3 if len(gpus) else 2])
+    axes = fig.subplots(panels, 1, sharex=True, height_ratios=[1.2, 1, 1][:panels])
     fig.suptitle(title or "machine during the trial")
     end = float(samples["time_s"].max()) if len(samples) else 1.0
 

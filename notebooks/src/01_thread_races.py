@@ -111,9 +111,8 @@ log.head(12)
 # and the answer comes out wrong without any error.
 
 # %%
+torn, borrowed = thread_race.evidence(traced.value)
 reads = log[log["event"] == "reads tables"]
-torn = reads[~(reads["tables hold"] >= reads["needs"])]
-borrowed = reads[(reads["factor used"] != reads["request's factor"]) | (reads["tables' factor"] != reads["request's factor"])]
 raised = log[log["event"].str.startswith("raised")]
 Markdown(f"In this run: **{len(torn)}** torn reads, **{len(borrowed)}** reads with a borrowed factor, "
          f"**{len(raised)}** requests raised, out of {len(reads)} reads.")
