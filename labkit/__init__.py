@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from labkit.isolation.watchdog import WatchdogTimeout, watchdog
     from labkit.llm.devices import DeviceMismatch, check_same_device, device_pair
     from labkit.llm.memory import cache_held_bytes, kv_cache_bytes
-    from labkit.llm.models import save_tiny, tiny_model
+    from labkit.llm.models import save_random, save_tiny, tiny_model
     from labkit.llm.thread_safety import ThreadSafety, check_thread_safety
     from labkit.ui.code import Code, show_code, variant_code, variant_diff
     from labkit.ui.doctor import doctor
@@ -59,7 +59,7 @@ _WHERE = {
     "WatchdogTimeout": "isolation.watchdog", "watchdog": "isolation.watchdog",
     "DeviceMismatch": "llm.devices", "check_same_device": "llm.devices", "device_pair": "llm.devices",
     "cache_held_bytes": "llm.memory", "kv_cache_bytes": "llm.memory",
-    "save_tiny": "llm.models", "tiny_model": "llm.models",
+    "save_random": "llm.models", "save_tiny": "llm.models", "tiny_model": "llm.models",
     "ThreadSafety": "llm.thread_safety", "check_thread_safety": "llm.thread_safety",
     "Code": "ui.code", "show_code": "ui.code", "variant_code": "ui.code", "variant_diff": "ui.code",
     "doctor": "ui.doctor",

@@ -45,7 +45,7 @@ def test_bad_devices_and_models_are_refused():
     scen = get("device-mismatch")
     with pytest.raises(BadInput, match="meta cannot be the first"):
         scen.knob_values({"devices": "meta,cpu"})
-    with pytest.raises(BadInput, match="is not a checkpoint folder"):
+    with pytest.raises(BadInput, match="does not exist"):
         scen.knob_values({"model": "/no/such/folder"})
 
 

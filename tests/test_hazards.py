@@ -5,7 +5,7 @@ from labkit.ui.hazards import hazards
 FACTS = {"version:tokenizers": "0.23.3", "start_method": "fork", "TOKENIZERS_PARALLELISM": "(unset)",
          "torch_intra_op_threads": 2, "usable_cores": 2, "native_pools": [{"prefix": "libgomp"}],
          "OMP_WAIT_POLICY": "(unset)", "cuda_devices": [], "CUDA_VISIBLE_DEVICES": "(unset)",
-         "dispatch_moves_cache": False, "distributed_default_timeout": "0:30:00"}
+         "dispatch_moves_cache": False, "distributed_default_timeout": "0:30:00", "dynamo_config_per_thread": False}
 
 
 def verdicts(workers=1, **facts):
@@ -36,3 +36,9 @@ def test_what_labkit_cannot_see_is_unknown_not_safe():
     assert unknown == {"thread-race", "oom-hang", "streamer-hang"}
     assert verdicts(dispatch_moves_cache=True)["device-mismatch"] == "exposed"
     assert verdicts(dispatch_moves_cache=None)["device-mismatch"] == "unknown"
+
+
+def test_a_per_thread_dynamo_config_exposes_a_compiled_step_served_from_threads():
+    assert verdicts()["compile-threads"] == "not exposed"
+    assert verdicts(dynamo_config_per_thread=True)["compile-threads"] == "exposed"
+    assert verdicts(dynamo_config_per_thread=None)["compile-threads"] == "unknown"

@@ -44,7 +44,7 @@ def test_the_detector_catches_a_planted_corruption():
 
 @pytest.fixture(scope="module")
 def model():
-    return thread_race._model("cpu")
+    return thread_race._model(thread_race.race.knob_values())
 
 
 def test_the_batching_server_returns_each_request_its_own_answer(model):

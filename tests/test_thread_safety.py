@@ -5,20 +5,9 @@ import json
 
 import pytest
 
+from labkit.llm.models import save_random
 from labkit.llm.thread_safety import check_thread_safety
 from labkit.ui.cli import main
-
-
-def _saved(folder, config):
-    from transformers import AutoModelForCausalLM
-
-    from labkit.llm.models import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    config.vocab_size = len(tokenizer)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_it_flags_the_tiny_model_with_qwen1_s_rotary_and_passes_it_without():
@@ -35,7 +24,7 @@ def test_other_architectures_saved_to_a_folder_pass(tmp_path, architecture):
     config = (LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                           num_key_value_heads=2) if architecture == "llama"
               else GPT2Config(n_embd=64, n_layer=2, n_head=4))
-    result = check_thread_safety(_saved(tmp_path / architecture, config))
+    result = check_thread_safety(str(save_random(tmp_path / architecture, config)))
     assert result.outcome == "ok" and result.failed == 0, result.to_frame()
 
 

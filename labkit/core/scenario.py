@@ -38,6 +38,8 @@ class Knob:
     def check(self, value: Any) -> Any:
         """Coerce ``value`` to the default's type and check it is allowed (else :class:`BadInput`)."""
         kind = type(self.default)
+        if kind is bool:
+            return self._flag(value)
         try:
             value = kind(value) if kind in (int, float, str) and not isinstance(value, kind) else value
         except (TypeError, ValueError):
@@ -48,7 +50,17 @@ class Knob:
             raise BadInput(f"{self.name}={value!r} is out of range; {self.allowed()}")
         return self.validate(value) if self.validate is not None else value
 
+    def _flag(self, value: Any) -> bool:
+        """A switch from Python or the command line (``--set trust_remote_code=true``)."""
+        words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+        flag = value if isinstance(value, bool) else words.get(str(value).strip().lower())
+        if flag is None:
+            raise BadInput(f"{self.name} must be true or false, got {value!r}")
+        return flag
+
     def allowed(self) -> str:
+        if isinstance(self.default, bool):
+            return "allowed: true, false"
         if self.choices is not None:
             return f"allowed: {', '.join(map(str, self.choices))}"
         low = "" if self.low is None else f"{self.low:g} <= "

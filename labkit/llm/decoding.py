@@ -74,9 +74,10 @@ def measured_decode(
     return tokens, {**done, "ms_per_step": 1e3 * (time.perf_counter() - t0) / steps}
 
 
-def corpus_prompt(length: int = 12, steps: int = 0) -> tuple[list[int], list[int]]:
-    """A prompt cut from the corpus and the ``steps`` ids that follow it there (to feed on meta)."""
+def corpus_prompt(length: int = 12, steps: int = 0, ids: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
+    """A prompt cut from the corpus and the ``steps`` ids that follow it there (to feed on meta);
+    ``ids``: the corpus as another model's tokenizer encodes it."""
     from labkit.llm.models import corpus_ids
 
-    ids = list(corpus_ids())
+    ids = list(corpus_ids() if ids is None else ids)
     return ids[:length], ids[length:length + steps]

@@ -12,7 +12,10 @@ work: as in Qwen itself, the model's vocabulary is then larger than the tokenize
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from labkit.core.errors import BadInput
+from labkit.core.scenario import Knob
 
 TINY = "tiny"
 QWEN_VOCAB = 151_936  # Qwen-1/2/3's padded vocabulary: the size the thread-storm report sampled over
 SEED = 0
+WEIGHTS = ("*.safetensors", "*.bin")  # what from_pretrained reads from a folder
 
 
 def data_dir() -> Path:
@@ -107,30 +112,149 @@ def tiny_tokenizer():
 
 
 def checked_model(path_or_id: str) -> str:
-    """``path_or_id`` if it can name a model: ``tiny``, a hub id, or an existing folder with a config
-    (checked before any process starts; a hub id is only known when it loads), else :class:`BadInput`."""
-    looks_like_path = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
+    """``path_or_id`` if it can name a model: ``tiny``, a hub id, or an existing folder with a readable
+    config (checked before any process starts; a hub id is only known when it loads, unless
+    ``HF_HUB_OFFLINE`` is set and it is not cached), else :class:`BadInput`."""
+    if path_or_id == TINY:
+        return path_or_id
+    allowed = "give a saved model's folder, a cached hub id, or 'tiny'"
     folder = Path(path_or_id).expanduser()
+    looks_like_path = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
     if looks_like_path and not folder.exists():
-        raise BadInput(f"model path {path_or_id!r} does not exist; give an existing folder, a hub id, or 'tiny'")
-    if folder.is_dir() and not (folder / "config.json").exists():
-        raise BadInput(f"{path_or_id!r} is not a model folder (no config.json); give a saved model's folder, a hub id, or 'tiny'")
+        raise BadInput(f"model path {path_or_id!r} does not exist; {allowed}")
+    if folder.is_dir():
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except FileNotFoundError:
+            raise BadInput(f"{path_or_id!r} is not a model folder (no config.json); {allowed}") from None
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"{path_or_id!r} has a broken config.json ({exc}); {allowed}") from None
+        if not isinstance(config, dict) or "model_type" not in config:
+            raise BadInput(f"{path_or_id!r} has a config.json without a model_type; {allowed}")
+        if not any(next(folder.glob(pattern), None) for pattern in WEIGHTS):
+            raise BadInput(f"{path_or_id!r} holds no weights ({', '.join(WEIGHTS)}); {allowed}")
+        return path_or_id
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path_or_id, "config.json"), str):
+            raise BadInput(f"model {path_or_id!r} is neither a folder nor a cached hub id (HF_HUB_OFFLINE is set); {allowed}")
     return path_or_id
 
 
-def load(path_or_id: str = TINY, **kwargs: Any):
-    """Return ``(model, tokenizer)``: the embedded pair for ``"tiny"``, else a real model.
+def model_knobs(used_for: str) -> tuple[Knob, Knob]:
+    """The ``model`` and ``trust_remote_code`` knobs of every scenario that can run the user's own model."""
+    return (
+        Knob("model", TINY, f"'tiny' (the embedded model), a saved model's folder, or a cached hub id: {used_for}",
+             validate=checked_model),
+        Knob("trust_remote_code", False, "run the model's own Python code from its folder or hub repo "
+             "(only for a model you trust; off unless you ask)"),
+    )
+
+
+def load(path_or_id: str = TINY, *, trust_remote_code: bool = False, **kwargs: Any):
+    """Return ``(model, tokenizer)``: the embedded pair for ``"tiny"``, else a real model (eval mode).
 
     A local folder or a hub id works; no network is used unless the id is not cached locally and
-    the user has not set ``HF_HUB_OFFLINE``.
+    the user has not set ``HF_HUB_OFFLINE``. ``trust_remote_code`` runs the model's own code: only
+    when the user asks for it.
     """
     if checked_model(path_or_id) == TINY:
         return tiny_model(**kwargs), tiny_tokenizer()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path_or_id, padding_side="left")
+    try:
+        with _quiet_bars():
+            model = AutoModelForCausalLM.from_pretrained(path_or_id, trust_remote_code=trust_remote_code, **kwargs).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, padding_side="left", trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:  # what from_pretrained raises for what it cannot find or build
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"could not load model {path_or_id!r}: {first}") from exc
+    if tokenizer.pad_token_id is None:  # many causal LMs have none; padding a batch needs one
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+@functools.cache
+def loaded(path_or_id: str, trust_remote_code: bool = False):
+    """:func:`load` once per process, for the scenarios that serve the user's model: every request then
+    generates exactly the tokens it asks for (no end-of-text), so tokens/s compares like with like, as
+    on the tiny model. Not to be changed: :func:`fresh` makes instances to change."""
+    model, tokenizer = load(path_or_id, trust_remote_code=trust_remote_code)
+    model.generation_config.eos_token_id = None
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def fresh(path_or_id: str = TINY, *, trust_remote_code: bool = False, **tiny_kwargs: Any):
+    """A new instance of the model, made where the calling thread's default device is, as
+    :func:`tiny_model` makes one: the architecture from its config, then the weights copied in. On
+    ``meta`` (where ``from_pretrained`` refuses to run) that copies nothing, as on the tiny model."""
+    if path_or_id == TINY:
+        return tiny_model(**tiny_kwargs)
+    from transformers import AutoModelForCausalLM
+
+    source = loaded(path_or_id, trust_remote_code)[0]
+    model = AutoModelForCausalLM.from_config(source.config, trust_remote_code=trust_remote_code)
+    model.load_state_dict(source.state_dict())
+    model.generation_config = copy.deepcopy(source.generation_config)
+    return model.eval()
+
+
+def tokenizer_of(path_or_id: str = TINY, *, trust_remote_code: bool = False):
+    return tiny_tokenizer() if path_or_id == TINY else loaded(path_or_id, trust_remote_code)[1]
+
+
+def prompt_ids(path_or_id: str = TINY, *, trust_remote_code: bool = False) -> tuple[int, ...]:
+    """The corpus in the model's own tokens: where every scenario cuts its prompts."""
+    if path_or_id == TINY:
+        return corpus_ids()
+    return tuple(tokenizer_of(path_or_id, trust_remote_code=trust_remote_code)(corpus())["input_ids"])
+
+
+def config_of(path_or_id: str = TINY, *, trust_remote_code: bool = False):
+    """The model's config alone (no weights): what a KV-cache estimate or a vocabulary size needs."""
+    if checked_model(path_or_id) == TINY:
+        return tiny_config()
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"could not read the config of model {path_or_id!r}: {exc}") from exc
+    return getattr(config, "text_config", None) or config
+
+
+def save_random(folder: str | os.PathLike, config, seed: int = SEED) -> Path:
+    """Save a causal LM of ``config``'s architecture with labkit's random weights and the tiny tokenizer:
+    another architecture to try labkit on, with no network. The weights are :func:`fill_weights`',
+    whose logits have clear winners, so a batched greedy answer is the solo one, as with a trained model."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config.vocab_size = len(tokenizer)
+    config.pad_token_id = config.bos_token_id = config.eos_token_id = tokenizer.pad_token_id
+    model = AutoModelForCausalLM.from_config(config)
+    fill_weights(model, seed)
+    with _quiet_bars():
+        model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+@contextlib.contextmanager
+def _quiet_bars():
+    """No progress bars while loading or saving small files: they would only clutter a notebook."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def save_tiny(folder: str | os.PathLike, vocab_size: int | None = None) -> Path:
@@ -139,16 +263,9 @@ def save_tiny(folder: str | os.PathLike, vocab_size: int | None = None) -> Path:
     Scenarios that need the real loading path (``from_pretrained``, accelerate's
     ``load_checkpoint_and_dispatch``) load from here.
     """
-    from transformers.utils import logging as hf_logging
-
     folder = Path(folder)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a tiny file: a progress bar would only clutter a notebook
-    try:
+    with _quiet_bars():
         tiny_model(vocab_size).save_pretrained(folder)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     tiny_tokenizer().save_pretrained(folder)
     return folder
 

@@ -135,11 +135,29 @@ class TracedRotary(LazySharedRotary):
         self._note("reads tables", seqlen, alpha)
 
 
+def not_installable(model: nn.Module) -> str | None:
+    """Why these modules cannot stand in for ``model``'s rotary embedding, or None where they can: the
+    Llama family (Llama, Qwen2/3, Mistral...) keeps one ``rotary_emb`` on its base model, called with the
+    positions and returning full-width ``(cos, sin)``; other architectures have no such module to swap."""
+    config = model.config
+    base = getattr(model, "base_model", None)
+    if not isinstance(getattr(base, "rotary_emb", None), nn.Module):
+        return f"{config.model_type} has no shared rotary module (base_model.rotary_emb)"
+    partial = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor",
+                                                                   getattr(config, "partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        return f"{config.model_type} rotates only part of each head (partial_rotary_factor={partial})"
+    return None
+
+
 def install(model: nn.Module, rotary: type[LazySharedRotary] = LazySharedRotary, **kwargs) -> LazySharedRotary:
-    """Swap the Qwen3 model's rotary embedding for one of these; every layer then uses it."""
+    """Swap the model's rotary embedding for one of these; every layer then uses it (see :func:`not_installable`)."""
+    why_not = not_installable(model)
+    if why_not is not None:
+        raise ValueError(f"cannot install Qwen-1's rotary stand-in: {why_not}")
     config = model.config
     dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     base = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", getattr(config, "rope_theta", 10000.0))
     module = rotary(dim, float(base), **kwargs)
-    model.model.rotary_emb = module
+    model.base_model.rotary_emb = module
     return module

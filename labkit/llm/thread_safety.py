@@ -55,7 +55,8 @@ def _first_difference(reference: list[int], answer: list[int]) -> int | None:
     return next((i for i, (a, b) in enumerate(pairs) if a != b), None if len(reference) == len(answer) else len(pairs))
 
 
-def _check(model: str, threads: int, requests: int, tokens: int, qwen1_rotary: bool) -> list[dict[str, Any]]:
+def _check(model: str, threads: int, requests: int, tokens: int, qwen1_rotary: bool,
+           trust_remote_code: bool = False) -> list[dict[str, Any]]:
     """In the isolated child: serve ``requests`` prompts from ``threads`` threads on one model."""
     import torch
 
@@ -64,7 +65,7 @@ def _check(model: str, threads: int, requests: int, tokens: int, qwen1_rotary: b
     from labkit.scenarios.thread_race import generate, prompts as cut
 
     torch.set_num_threads(1)
-    shared, tokenizer = load(model)
+    shared, tokenizer = load(model, trust_remote_code=trust_remote_code)
     if qwen1_rotary:  # the thread-race stand-in, to see the check fail
         from labkit.llm.qwen1_rotary import install
 
@@ -92,10 +93,11 @@ def _check(model: str, threads: int, requests: int, tokens: int, qwen1_rotary: b
 
 
 def check_thread_safety(model: str = "tiny", *, threads: int = 8, requests: int | None = None, tokens: int = 16,
-                        timeout: float = 300.0, qwen1_rotary: bool = False) -> ThreadSafety:
+                        timeout: float = 300.0, qwen1_rotary: bool = False, trust_remote_code: bool = False) -> ThreadSafety:
     """Serve ``requests`` (default: one per thread) from ``threads`` threads on one ``model`` (``tiny``, a
     local folder, or a hub id you have cached) and compare every answer with the same request alone.
-    ``qwen1_rotary``: install Qwen-1's racy rotary module first (a Qwen-architecture model only)."""
+    ``qwen1_rotary``: install Qwen-1's racy rotary module first (the Llama family only); ``trust_remote_code``:
+    run the model's own code (only when you trust it)."""
     from labkit.isolation.isolated import run_isolated
     from labkit.llm.models import checked_model
 
@@ -105,7 +107,8 @@ def check_thread_safety(model: str = "tiny", *, threads: int = 8, requests: int 
         if value < 1:
             raise BadInput(f"{name} must be at least 1, got {value}")
     result = run_isolated(_check, {"model": model, "threads": threads, "requests": requests, "tokens": tokens,
-                                   "qwen1_rotary": qwen1_rotary}, timeout=timeout)
+                                   "qwen1_rotary": qwen1_rotary, "trust_remote_code": trust_remote_code},
+                         timeout=timeout)
     if result.outcome != "ok":
         return ThreadSafety(model, threads, str(result.outcome), error=result.error, stacks=dict(result.stacks))
     return ThreadSafety(model, threads, "ok", tuple(result.value))

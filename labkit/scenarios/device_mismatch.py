@@ -39,12 +39,13 @@ from labkit.core.scenario import Knob, Scenario, register
 from labkit.llm import upstream
 from labkit.llm.decoding import STEP_METRICS
 from labkit.llm.devices import device_pair, devices_knob
-from labkit.llm.models import TINY
+from labkit.llm.models import TINY, checked_model
 
 
 def _model_path(path: str) -> str:
-    if path != TINY and not (Path(path).expanduser() / "config.json").exists():
-        raise BadInput(f"model {path!r} is not a checkpoint folder (no config.json there); give 'tiny' or a local folder")
+    """A checkpoint folder (accelerate loads the checkpoint from its files), or the tiny model."""
+    if checked_model(path) != TINY and not Path(path).expanduser().is_dir():
+        raise BadInput(f"model {path!r} is not a local folder; give 'tiny' or a saved model's folder")
     return path
 
 

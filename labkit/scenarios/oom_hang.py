@@ -31,8 +31,10 @@ from typing import Any, Callable
 from labkit.core.harness import fork_context
 from labkit.core.scenario import Metric, Scenario, positive, register
 from labkit.llm import upstream
+from labkit.llm.models import TINY, model_knobs
 
 PROMPT = 8  # prompt tokens per sequence
+BUDGET_KIB = 128  # the tiny model's KV cache for the prompt and half of 48 new tokens, at batch 4
 log = logging.getLogger("labkit.oom-hang")
 
 oom = register(
@@ -46,8 +48,10 @@ oom = register(
         knobs=(
             positive("tokens", 48, "new tokens the request asks for", high=1024),
             positive("batch", 4, "sequences in the request", high=256),
-            positive("budget_kib", 128, "rank 1's KV-cache budget in KiB (rank 0 has four times as much)", high=1 << 20),
+            positive("budget_kib", BUDGET_KIB, "rank 1's KV-cache budget in KiB (rank 0 has four times as much); left at "
+                     "128 with another model: what the prompt and half the new tokens need in its cache", high=1 << 20),
             positive("collective_timeout_s", 3, "process-group timeout in the collective-timeout variant", high=600),
+            *model_knobs("each rank's model; its config sizes the KV cache"),
         ),
         metrics=(
             Metric("tokens_per_s", "tokens/s", True, "new tokens per second"),
@@ -110,15 +114,25 @@ def _join(rank: int, store: str, knobs: dict, timeout: timedelta | None = None):
     import torch.distributed as dist
 
     from labkit.llm.memory import kv_cache_bytes
-    from labkit.llm.models import tiny_model
+    from labkit.llm.models import fresh
 
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
                             **({"timeout": timeout} if timeout else {}))  # default: 30 minutes
-    model = tiny_model()
-    budget = knobs["budget_kib"] * 1024 * (1 if rank == 1 else 4)
+    model = fresh(knobs["model"], trust_remote_code=knobs["trust_remote_code"])
+    budget = budget_bytes(knobs, model.config) * (1 if rank == 1 else 4)
     return model, budget // kv_cache_bytes(model.config, knobs["batch"], 1, torch.float32)
+
+
+def budget_bytes(knobs: dict, config) -> int:
+    """Rank 1's KV-cache budget: ``budget_kib``, or for another model left at the default, what the prompt
+    and half the new tokens need in that model's cache (which is what 128 KiB is for the tiny model)."""
+    from labkit.llm.memory import kv_cache_bytes
+
+    if knobs["model"] == TINY or knobs["budget_kib"] != BUDGET_KIB:
+        return knobs["budget_kib"] * 1024
+    return kv_cache_bytes(config, knobs["batch"], PROMPT + knobs["tokens"] // 2, "float32")
 
 
 def _decode(engine: Engine, batch: int, tokens: int) -> dict[str, float]:

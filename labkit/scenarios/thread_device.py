@@ -28,6 +28,7 @@ from labkit.core.harness import metrics_on_failure, same_as_reference
 from labkit.core.scenario import Knob, Scenario, register
 from labkit.llm.decoding import STEP_METRICS
 from labkit.llm.devices import device_pair, devices_knob
+from labkit.llm.models import model_knobs
 
 CONTEXTS = ("auto", "set_default_device", "torch.device", "cuda.set_device")
 
@@ -61,6 +62,7 @@ threaded = register(
                          "tensors land: cpu (default device) or cuda:0 (current CUDA device)"),
             Knob("context", "auto", "how the main thread sets its device", choices=CONTEXTS),
             Knob("tokens", 6, "decoding steps", low=1, high=64),
+            *model_knobs("made under the main thread's context, decoded in a worker"),
         ),
         metrics=STEP_METRICS,
         main_fix="explicit-device",
@@ -89,11 +91,13 @@ class _Setup:
 
     def __init__(self, knobs: dict[str, Any]):
         from labkit.llm.decoding import corpus_prompt
+        from labkit.llm.models import prompt_ids
 
         self.pair = device_pair(knobs["devices"])
         self.how = _context(self.pair, knobs["context"])
         self.steps = knobs["tokens"]
-        self.prompt, self.feed = corpus_prompt(steps=self.steps)
+        self.model, self.trust = knobs["model"], knobs["trust_remote_code"]
+        self.prompt, self.feed = corpus_prompt(steps=self.steps, ids=prompt_ids(self.model, trust_remote_code=self.trust))
         # "cuda" unqualified follows the thread's current device; elsewhere the context's default does
         self.unqualified = "cuda" if self.how == "cuda.set_device" else None
         self.notes = {
@@ -103,14 +107,18 @@ class _Setup:
             if self.pair.placement_only else "torch's own device checks, and the tokens against a one-thread CPU run",
         }
 
+    def new_model(self):
+        """The model, made where this thread's default device is (its weights copied in)."""
+        from labkit.llm.models import fresh
+
+        return fresh(self.model, trust_remote_code=self.trust)
+
     def under_context(self):
         """Model and prompt made under the context, in the calling thread: what seed 004's main thread did."""
         import torch
 
-        from labkit.llm.models import tiny_model
-
         with device_context(self.how, self.pair.second):
-            model = tiny_model().to(self.unqualified) if self.unqualified else tiny_model()
+            model = self.new_model().to(self.unqualified) if self.unqualified else self.new_model()
             return model, torch.tensor([self.prompt], device=self.unqualified)
 
     def decode_in_worker(self, work) -> dict[str, Any]:
@@ -118,7 +126,6 @@ class _Setup:
         import torch
 
         from labkit.llm.decoding import decode_by_hand
-        from labkit.llm.models import tiny_model
 
         def in_worker():
             model, ids = work()
@@ -129,7 +136,7 @@ class _Setup:
         metrics = {**metrics, **self.notes}
         if not self.pair.placement_only:
             # named "cpu": this (main) thread's default device may be the context's by now
-            reference = decode_by_hand(tiny_model().to("cpu"), torch.tensor([self.prompt], device="cpu"), self.steps)
+            reference = decode_by_hand(self.new_model().to("cpu"), torch.tensor([self.prompt], device="cpu"), self.steps)
             same_as_reference(tokens, reference, metrics, how="worker", reference_how="one-thread CPU run")
         return metrics
 
@@ -164,11 +171,9 @@ def explicit_device(**knobs: Any) -> dict[str, Any]:
     """Name the device index everywhere (model.to("cuda:1"), tensors with device="cuda:1"): no context needed."""
     import torch
 
-    from labkit.llm.models import tiny_model
-
     setup = _Setup(knobs)
     where = setup.pair.second
-    return setup.decode_in_worker(lambda: (tiny_model().to(where), torch.tensor([setup.prompt], device=where)))
+    return setup.decode_in_worker(lambda: (setup.new_model().to(where), torch.tensor([setup.prompt], device=where)))
 
 
 @threaded.variant("same-thread")

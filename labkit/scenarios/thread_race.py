@@ -23,6 +23,11 @@ Two patterns of the same race (the ``pattern`` knob), on the real transformers Q
   (4.31), as ``_dynamic_frequency_update`` after the rotary refactor, and under the
   ``dynamic_rope_update`` decorator since pull request 37249 (2025); confirmed here on 5.24.
 
+With ``model`` set to the user's own model (a folder or a cached hub id), ``qwen1`` installs the stand-in
+where the architecture has a rotary module to swap (the Llama family) and serves the model as it is
+elsewhere, saying so in the trial's notes: every fix and the lock-against-batching A/B then run on that
+model. ``dynamic-rope`` needs the tiny model, whose trained length the prompts cross.
+
 Batching is no fix for ``dynamic-rope``: transformers scales every row of a batch by the batch's
 longest position, so a short request batched with a long one gets another answer than alone.
 """
@@ -41,6 +46,7 @@ from labkit.core.errors import BadInput, WrongResult
 from labkit.core.harness import fork_context, together, with_metrics
 from labkit.core.scenario import Knob, Metric, Scenario, positive, register
 from labkit.llm.devices import usable_cores
+from labkit.llm.models import TINY, model_knobs
 
 LENGTHS = (6, 40, 12, 48, 20, 36, 9, 56)  # around the trained length (32): NTK factors 1 and 3
 PATTERNS = ("qwen1", "dynamic-rope")
@@ -62,6 +68,12 @@ def _compute_device(name: str) -> str:
     return device
 
 
+def _check(knobs: dict[str, Any]) -> None:
+    if knobs["pattern"] == "dynamic-rope" and knobs["model"] != TINY:
+        raise BadInput("pattern=dynamic-rope runs on the tiny model (the prompts cross its trained length of 32); "
+                       "with model=... allowed: pattern=qwen1")
+
+
 race = register(
     Scenario(
         name="thread-race",
@@ -79,6 +91,7 @@ race = register(
             Knob("device", "cpu", "device the model runs on", validate=_compute_device),
             Knob("pattern", "qwen1", "qwen1: Qwen-1's rotary cache (a stand-in); dynamic-rope: transformers' own dynamic RoPE",
                  choices=PATTERNS),
+            *model_knobs("the model every variant serves (Qwen-1's rotary stand-in installed where it fits)"),
         ),
         metrics=(
             Metric("tokens_per_s", "tokens/s", True, "new tokens of all requests per wall-clock second"),
@@ -88,6 +101,7 @@ race = register(
         speed_pair=("lock", "batched"),
         timeout=120.0,
         quick={"tokens": 16},
+        check=_check,
     )
 )
 
@@ -123,28 +137,49 @@ def dynamic_rope_model():
     return tiny_model(rope_parameters=rope, max_position_embeddings=TRAINED_LENGTH)
 
 
-def _model(device: str, pattern: str = "qwen1", per_thread: bool = False):
+def _model(knobs: dict[str, Any], per_thread: bool = False):
     """The serving model: its rotary state shared by every thread, or (``per_thread``) none shared: Qwen-1's
     factor per thread over read-only tables; for dynamic RoPE, a fresh rotary module per call."""
-    from labkit.llm.models import tiny_model
+    from labkit.llm.models import fresh
     from labkit.llm.stateless import Stateless
-    from labkit.llm.qwen1_rotary import LazySharedRotary, PerThreadRotary, install
+    from labkit.llm.qwen1_rotary import LazySharedRotary, PerThreadRotary, install, not_installable
 
-    if pattern == "dynamic-rope":
+    device = knobs["device"]
+    if knobs["pattern"] == "dynamic-rope":
         model = dynamic_rope_model().to(device)
         if per_thread:
             model.model.rotary_emb = Stateless(model.model.rotary_emb)
         return model
-    model = tiny_model().to(device)
-    install(model, PerThreadRotary if per_thread else LazySharedRotary)
+    model = fresh(knobs["model"], trust_remote_code=knobs["trust_remote_code"]).to(device)
+    if not_installable(model) is None:
+        install(model, PerThreadRotary if per_thread else LazySharedRotary)
     return model
 
 
-def solo_answers(requests: list[list[int]], tokens: int, device: str, pattern: str = "qwen1") -> list[list[int]]:
+def _notes(knobs: dict[str, Any]) -> dict[str, str]:
+    """What ran, where it is not the tiny model: the stand-in installed, or why not."""
+    if knobs["model"] == TINY:
+        return {}
+    from labkit.llm.models import loaded
+    from labkit.llm.qwen1_rotary import not_installable
+
+    why_not = not_installable(loaded(knobs["model"], knobs["trust_remote_code"])[0])
+    return {"model": knobs["model"], "rotary": "Qwen-1's stand-in installed" if why_not is None else
+            f"{why_not}: served as it is, so only the model's own code can race"}
+
+
+def _requests(knobs: dict[str, Any]) -> list[list[int]]:
+    """The trial's prompts, in the serving model's own tokens."""
+    from labkit.llm.models import prompt_ids
+
+    return prompts(knobs["threads"], prompt_ids(knobs["model"], trust_remote_code=knobs["trust_remote_code"]))
+
+
+def solo_answers(knobs: dict[str, Any], requests: list[list[int]]) -> list[list[int]]:
     """Each request generated alone on a fresh copy of the model: the right answers (for dynamic RoPE a
     shared model's answer also depends on the requests served before it; see :func:`history`)."""
-    model = _model(device, pattern)
-    return [generate(copy.deepcopy(model), [p], tokens, device)[0] for p in requests]
+    model = _model(knobs)
+    return [generate(copy.deepcopy(model), [p], knobs["tokens"], knobs["device"])[0] for p in requests]
 
 
 def check_answers(references: list[list[int]], answers: list[Any]) -> list[int]:
@@ -152,10 +187,10 @@ def check_answers(references: list[list[int]], answers: list[Any]) -> list[int]:
     return [i for i, (ref, ans) in enumerate(zip(references, answers)) if ans != ref]
 
 
-def _outcome(references, answers, errors, wall: float, tokens: int) -> dict[str, float]:
+def _outcome(references, answers, errors, wall: float, tokens: int, notes: dict[str, str] | None = None) -> dict[str, Any]:
     """Turn what the requests did into metrics, or raise what the trial's outcome must say."""
     failed = sorted(set(check_answers(references, answers)) | {i for i, e in enumerate(errors) if e})
-    metrics = {"tokens_per_s": len(references) * tokens / wall, "requests_failed": float(len(failed))}
+    metrics = {"tokens_per_s": len(references) * tokens / wall, "requests_failed": float(len(failed)), **(notes or {})}
     first_error = next((e for e in errors if e is not None), None)
     if first_error is not None:
         raise with_metrics(first_error, metrics)
@@ -164,26 +199,26 @@ def _outcome(references, answers, errors, wall: float, tokens: int) -> dict[str,
     return metrics
 
 
-def _serving_setup(knobs: dict) -> tuple[str, int, str]:
+def _serving_setup(knobs: dict) -> tuple[list[list[int]], list[list[int]]]:
+    """The serving process's pool, the requests and their right answers."""
     import torch
 
     torch.set_num_threads(knobs["torch_threads"])
-    return knobs["device"], knobs["tokens"], knobs["pattern"]
+    requests = _requests(knobs)
+    return requests, solo_answers(knobs, requests)
 
 
-def _threads(knobs: dict, per_thread: bool = False, guard: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
+def _threads(knobs: dict, per_thread: bool = False, guard: Callable[[], Any] = contextlib.nullcontext) -> dict[str, Any]:
     """Every request in its own thread, all on one shared model, started together."""
-    device, tokens, pattern = _serving_setup(knobs)
-    requests = prompts(knobs["threads"])
-    references = solo_answers(requests, tokens, device, pattern)
-    model = _model(device, pattern, per_thread)  # a fresh model (empty cache) serves the concurrent requests
+    requests, references = _serving_setup(knobs)
+    model = _model(knobs, per_thread)  # a fresh model (empty cache) serves the concurrent requests
 
     def serve(i: int) -> list[int]:
         with guard():
-            return generate(model, [requests[i]], tokens, device)[0]
+            return generate(model, [requests[i]], knobs["tokens"], knobs["device"])[0]
 
     answers, errors, wall = together(len(requests), serve, name="request")
-    return _outcome(references, answers, errors, wall, tokens)
+    return _outcome(references, answers, errors, wall, knobs["tokens"], _notes(knobs))
 
 
 @race.variant("broken", broken=True)
@@ -247,7 +282,7 @@ def history(tokens: int = 16) -> dict[str, list[int]]:
     below the trained length), so the short one is computed with it: even one request at a time, a
     shared model's answer depends on what it served before. Returns both answers."""
     long, short = prompts(8)[7], prompts(8)[1]  # 56 and 40 tokens: both past the trained length
-    model = _model("cpu", "dynamic-rope")
+    model = _model({"device": "cpu", "pattern": "dynamic-rope"})
     alone = generate(copy.deepcopy(model), [short], tokens, "cpu")[0]
     generate(model, [long], tokens, "cpu")
     return {"alone": alone, "after a longer request": generate(model, [short], tokens, "cpu")[0]}
@@ -304,25 +339,23 @@ class BatchingServer:
 @race.variant("batched")
 def batched(**knobs: Any) -> dict[str, float]:
     """Client threads hand their requests to one worker thread that generates them as padded batches."""
-    device, tokens, pattern = _serving_setup(knobs)
-    requests = prompts(knobs["threads"])
-    references = solo_answers(requests, tokens, device, pattern)
-    server = BatchingServer(_model(device, pattern), tokens, device)
+    requests, references = _serving_setup(knobs)
+    server = BatchingServer(_model(knobs), knobs["tokens"], knobs["device"])
     answers, errors, wall = together(len(requests), lambda i: server.submit(requests[i]).result(), name="request")
     server.close()
-    metrics = _outcome(references, answers, errors, wall, tokens)
+    metrics = _outcome(references, answers, errors, wall, knobs["tokens"], _notes(knobs))
     return {**metrics, "batches": float(len(server.batches))}
 
 
 _worker_model = None
 
 
-def _worker_start(device: str, pattern: str, ready) -> None:
+def _worker_start(knobs: dict, ready) -> None:
     global _worker_model
     import torch
 
     torch.set_num_threads(1)  # the processes are the parallelism; see the thread-storm scenario
-    _worker_model = _model(device, pattern)
+    _worker_model = _model(knobs)
     ready.wait()
 
 
@@ -334,15 +367,14 @@ def _worker_generate(args: tuple[list[int], int, str]) -> list[int]:
 @race.variant("processes")
 def processes(**knobs: Any) -> dict[str, float]:
     """A pool of worker processes, one model each, one torch thread each: no shared state at all."""
-    device, tokens, pattern = knobs["device"], knobs["tokens"], knobs["pattern"]
-    requests = prompts(knobs["threads"])
-    size = min(usable_cores(), len(requests))
+    size = min(usable_cores(), knobs["threads"])
     ctx = fork_context()  # forked before this process starts any thread or touches CUDA
     ready = ctx.Barrier(size + 1)
-    with ctx.Pool(size, initializer=_worker_start, initargs=(device, pattern, ready)) as pool:
-        references = solo_answers(requests, tokens, device, pattern)  # in this process, after the fork
+    with ctx.Pool(size, initializer=_worker_start, initargs=(knobs, ready)) as pool:
+        requests = _requests(knobs)  # in this process, after the fork
+        references = solo_answers(knobs, requests)
         ready.wait()  # every worker has built its model: the clock starts on serving alone
         t0 = time.monotonic()
-        answers = pool.map(_worker_generate, [(p, tokens, device) for p in requests], chunksize=1)
+        answers = pool.map(_worker_generate, [(p, knobs["tokens"], knobs["device"]) for p in requests], chunksize=1)
         wall = time.monotonic() - t0
-    return _outcome(references, answers, [None] * len(requests), wall, tokens)
+    return _outcome(references, answers, [None] * len(requests), wall, knobs["tokens"], _notes(knobs))

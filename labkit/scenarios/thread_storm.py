@@ -30,9 +30,16 @@ import psutil
 
 from labkit.core.harness import fork_context, together
 from labkit.core.scenario import Knob, Metric, Scenario, positive, register
+from labkit.core.errors import BadInput
 from labkit.llm.devices import usable_cores
+from labkit.llm.models import QWEN_VOCAB, TINY, model_knobs
 
 DEFAULT_THREADS = psutil.cpu_count(logical=False) or os.cpu_count() or 1  # torch's own default
+
+def _check(knobs: dict[str, Any]) -> None:
+    if knobs["model"] != TINY and knobs["vocab"] != QWEN_VOCAB:
+        raise BadInput("set model (its config gives the vocabulary) or vocab, not both")
+
 
 storm = register(
     Scenario(
@@ -46,10 +53,12 @@ storm = register(
             positive("workers", 4, "concurrent workers (processes, or threads with workers_as=threads)", high=64),
             positive("threads", DEFAULT_THREADS, "intra-op threads per worker in the broken variant (torch default: one per core)", high=64),
             Knob("workers_as", "processes", "how workers run", choices=("processes", "threads")),
-            Knob("vocab", 151_936, "vocabulary size sampled over (Qwen: 151,936)", low=1024, high=300_000),
+            Knob("vocab", QWEN_VOCAB, "vocabulary size sampled over (Qwen: 151,936)", low=1024, high=300_000),
             positive("batch", 4, "sequences per worker", high=64),
             positive("tokens", 16, "new tokens per sequence", high=1024),
             Knob("top_p", 1.0, "nucleus sampling threshold; below 1 adds a full sort of the vocabulary", low=0.05, high=1.0),
+            *model_knobs("whose vocabulary the workers sample over (the forward stays the tiny model's: the storm "
+                         "is in the sampling on the CPU)"),
         ),
         metrics=(
             Metric("tokens_per_s", "tokens/s", True, "generated tokens of all workers per wall-clock second"),
@@ -61,6 +70,7 @@ storm = register(
         main_fix="one-thread",
         timeout=180.0,
         quick={"tokens": 2},
+        check=_check,
     )
 )
 
@@ -154,6 +164,12 @@ def _in_threads(knobs: dict, setup: Callable[[], Any], sampler: Callable = sampl
 
 def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: bool = False, sampler: Callable = sample) -> dict[str, float]:
     """Run the workers, then turn their raw counters into the scenario's metrics."""
+    notes = {}
+    if knobs["model"] != TINY:
+        from labkit.llm.models import config_of
+
+        knobs = {**knobs, "vocab": config_of(knobs["model"], trust_remote_code=knobs["trust_remote_code"]).vocab_size}
+        notes["vocab"] = f"{knobs['vocab']:,}, from the config of {knobs['model']}"
     if as_threads or knobs["workers_as"] == "threads":
         stats = _in_threads(knobs, setup, sampler)
     else:
@@ -172,6 +188,7 @@ def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: boo
         "ctx_involuntary": sum(s["ctx"] for s in stats),
         "threads_per_core": knobs["workers"] * intra_op / cores,
         "wall_s": wall,
+        **notes,
     }
 
 

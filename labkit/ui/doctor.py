@@ -52,6 +52,15 @@ try:  # does accelerate's dispatch hook move the cache transformers hands over? 
     info["dispatch_moves_cache"] = cache_tensors(send_to_device(cache, "meta"))[0][0].is_meta
 except Exception:
     pass
+try:  # is dynamo's config per thread? (compile-threads: torch 2.12 made it so)
+    import threading, torch._dynamo
+    torch._dynamo.config.recompile_limit += 1
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(torch._dynamo.config.recompile_limit))
+    other.start(); other.join()
+    info["dynamo_config_per_thread"] = seen[0] != torch._dynamo.config.recompile_limit
+except Exception:
+    pass
 print(json.dumps(info))
 """
 

@@ -98,6 +98,17 @@ def _collective(facts: dict[str, Any], workers: int) -> Hazard:
                   "peer failed waits that long unless your code passes timeout=", fix)
 
 
+def _compile_config(facts: dict[str, Any], workers: int) -> Hazard:
+    fix = "set torch._dynamo.config in each serving thread, or run its work in contextvars.copy_context()"
+    per_thread, torch = facts.get("dynamo_config_per_thread"), f"torch {facts.get('version:torch')}"
+    if per_thread is None:
+        return Hazard("compile-threads", UNKNOWN, f"{torch}: dynamo could not be asked", fix)
+    if per_thread:
+        return Hazard("compile-threads", EXPOSED, f"{torch}: a torch._dynamo.config setting made in one thread is the "
+                      "default in another (probed): a limit raised in the main thread does not reach a thread pool", fix)
+    return Hazard("compile-threads", NOT_EXPOSED, f"{torch}: dynamo's config is shared by every thread (probed)", fix)
+
+
 def _not_visible(failure: str, why: str, fix: str) -> Callable[[dict[str, Any], int], Hazard]:
     return lambda facts, workers: Hazard(failure, UNKNOWN, why, fix)
 
@@ -105,7 +116,7 @@ def _not_visible(failure: str, why: str, fix: str) -> Callable[[dict[str, Any], 
 RULES: tuple[Callable[[dict[str, Any], int], Hazard], ...] = (
     _not_visible("thread-race", "depends on your model's code: a forward that writes module state (notebook 01)",
                  "one worker thread that batches, or a lock; no module state shared between calls"),
-    _cache_moved, _thread_device, _storm, _spinning, _tokenizers, _collective,
+    _cache_moved, _thread_device, _compile_config, _storm, _spinning, _tokenizers, _collective,
     _not_visible("streamer-hang", "depends on your streaming code (notebook 04)",
                  "the worker ends the stream and hands its error to the caller; a streamer timeout as a backstop"),
 )

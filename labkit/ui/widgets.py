@@ -132,6 +132,8 @@ def _control(knob: registry.Knob, value: Any, bounds: tuple[float, float] | None
     style = STYLE
     if knob.choices is not None:
         return w.Dropdown(options=list(knob.choices), value=value, description=knob.name, style=style)
+    if isinstance(knob.default, bool):
+        return w.Checkbox(value=value, description=knob.name, indent=False)
     if isinstance(knob.default, str):
         return w.Text(value=value, description=knob.name, placeholder=knob.help, style=style)
     low, high = bounds or (knob.low if knob.low is not None else 0, knob.high if knob.high is not None else 100)

@@ -29,12 +29,13 @@
 # * how to read the live plot: the machine's cores, the trial's CPU and threads, its start-up shaded;
 # * how to ask an A/B question of two variants, or of two functions of your own, and get an answer that
 #   says "within noise" when the difference is not there;
+# * how to check whether your own model is safe to serve from threads;
 # * where each failure mode is taught:
 #
 # | notebook | failure mode | the fix in one line |
 # | --- | --- | --- |
 # | 01 | threads race on a shared model's cache | one worker thread that batches, or a lock |
-# | 02 | tensors on two devices: dispatch hooks, per-thread devices | `skip_keys`; tensors made in the thread that uses them |
+# | 02 | tensors on two devices: dispatch hooks, per-thread devices; compile settings per thread | `skip_keys`; tensors made in the thread that uses them; settings made in the serving thread |
 # | 03 | CPU thread storms: every worker brings a full thread pool | `torch.set_num_threads(1)` per worker |
 # | 04 | tokenizer deadlock after fork; an OOM that hangs a collective; a stream that never ends | `TOKENIZERS_PARALLELISM=false` or spawn; a collective timeout; errors handed to the caller |
 
@@ -141,6 +142,44 @@ print(mine.answer)
 labkit.comparison_figure(mine)
 
 # %% [markdown]
+# ## Your own model
+#
+# Every scenario whose model matters takes a `model` knob: a saved model's folder, a hub id you have
+# cached, or `tiny`. And one question has a tool of its own: **is my model safe to serve from
+# threads?** `labkit.check_thread_safety(folder)` has several threads generate at once on one shared
+# model and compares every answer with the same request run alone (greedy, so the right answer is
+# known). It runs isolated like a trial.
+#
+# Here a Llama is built from transformers' own config class with random weights and saved to a folder
+# (no network), then checked as it is, and with notebook 01's racy rotary module installed.
+#
+# **Predict**: does a stock transformers Llama race when four threads share it?
+
+# %%
+import tempfile
+
+from transformers import LlamaConfig
+
+folder = tempfile.TemporaryDirectory(prefix="labkit-nb00-")
+llama = labkit.save_random(folder.name, LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                     num_attention_heads=4, num_key_value_heads=2))
+stock = labkit.check_thread_safety(str(llama), threads=4, tokens=8)
+racy = labkit.check_thread_safety(str(llama), threads=4, tokens=8, qwen1_rotary=True)
+folder.cleanup()
+racy.to_frame()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("stock Llama:", stock.verdict)
+
+# %%
+print("with Qwen-1's rotary:", racy.verdict)
+
+# %% [markdown]
+# A clean check says no race was *seen*; a failing one is proof. From a shell, the same check is
+# `labkit check threads --model FOLDER`, and the A/B that matters once it is safe, a lock against one
+# batching thread on your model, is `labkit compare thread-race lock batched --set model=FOLDER`.
+#
 # ## Play
 #
 # Move the sliders (workers, and the torch threads each broken worker keeps), pick a variant, press
@@ -178,3 +217,4 @@ panel("thread-storm", knobs=["workers", "threads"])
 # * `skip_keys=model._skip_keys_device_placement` when you dispatch a model yourself.
 # * Tensors made in the thread that uses them, with the device index named.
 # * No module state written from `forward` when threads share the model: a lock, or one batching thread.
+#   `labkit check threads --model FOLDER` checks your own.

@@ -8,6 +8,7 @@
 # * why the same code fails on one transformers release and not on another, and how a renamed argument
 #   can silently switch a fix off;
 # * that PyTorch's default device and current CUDA device belong to a **thread**, not to the process;
+# * that since torch 2.12 `torch.compile`'s settings do too, and what that does to a compiled server;
 # * a check that names the tensors on the wrong device, for your own code.
 #
 # ## The reports
@@ -303,6 +304,90 @@ panel("thread-device", knobs=["devices", "context", "tokens"])
 #
 # </details>
 #
+# ## 3. A compile setting that belongs to the thread
+#
+# Not from the five reports: this one is today's PyTorch itself.
+#
+# > torch 2.12 regression: torch.compile thread-local config. Since
+# > [pull request 173568](https://github.com/pytorch/pytorch/pull/173568) torch dynamo config is
+# > thread-local. `torch._dynamo.config.cache_size_limit` default is 8, which is quite low if you have a
+# > couple of different shapes in a transformer. With `fullgraph=True`, this is a failure.
+# > ([pytorch issue 186537](https://github.com/pytorch/pytorch/issues/186537), open)
+#
+# **Terms.** `torch.compile` hands a function to *dynamo*, which traces it into a graph for a backend.
+# With `dynamic=False` (what CUDA graphs need) every new input shape is a *recompile*: a new graph. After
+# `recompile_limit` of them (8 by default) dynamo stops compiling that function: with `fullgraph=True` it
+# raises, without it the function silently runs uncompiled. A server whose batches come in many sizes
+# raises the limit, as PyTorch's recompilation guide says, once, in its main thread.
+#
+# The scenario `compile-threads` does exactly that, then serves batch sizes 1 to 12 from a thread pool.
+# The compiled function is a server's sampling step (softmax and a draw), not the whole model, and the
+# backend is dynamo's eager one: compiling the model 12 times would take minutes on 2 cores, and the
+# failure is in dynamo's config, whatever it compiles.
+#
+# **Predict**: the main thread set the limit to 64. What does the serving thread see?
+
+# %%
+compiled = labkit.get("compile-threads")
+labkit.variant_code(compiled, "broken")
+
+# %%
+compile_runs = labkit.run(compiled, "broken", monitor=False)
+t_compile = compile_runs.trials[0]
+compile_runs.to_frame()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(t_compile.outcome, "|", t_compile.error.split(":")[0], "| graphs:", int(t_compile.metrics["graphs"]))
+print(t_compile.notes["limit"])
+
+# %% [markdown]
+# ### Why: the setting lives in the thread
+#
+# dynamo keeps what you set in a `ContextVar`, and a new thread starts with an empty context, so it reads
+# the default. Three lines of torch show it, with no labkit at all:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import threading
+
+import torch._dynamo
+
+torch._dynamo.config.recompile_limit = 64
+seen = []
+reader = threading.Thread(target=lambda: seen.append(torch._dynamo.config.recompile_limit))
+reader.start()
+reader.join()
+print(f"main thread {torch._dynamo.config.recompile_limit}, new thread {seen[0]}")
+torch._dynamo.config.recompile_limit = 8  # back to the default, for the rest of this kernel
+
+# %% [markdown]
+# ### The fixes
+#
+# * `thread-config`: each pool thread sets the limit itself when it starts (the pool's `initializer`).
+# * `copy-context`: the main thread copies its context after setting the limit, and the pool thread runs the
+#   work inside that copy (`contextvars.copy_context().run`).
+# * `mark-dynamic`: mark the batch dimension dynamic, so that one graph serves every batch size and no limit
+#   is ever reached.
+
+# %%
+display(labkit.variant_diff(compiled, "thread-config"), labkit.variant_diff(compiled, "copy-context"),
+        labkit.variant_diff(compiled, "mark-dynamic"))
+
+# %%
+t_compiled = {v: labkit.run(compiled, v, monitor=False).trials[0] for v in compiled.fixes}
+pd.DataFrame({v: {"outcome": t.outcome, **t.metrics, **t.notes} for v, t in t_compiled.items()}).T
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print({v: (t.outcome, int(t.metrics["graphs"]), int(t.metrics["shapes_uncompiled"])) for v, t in t_compiled.items()})
+
+# %% [markdown]
+# `mark-dynamic` compiles two graphs, not one: dynamo specialises a size of 1, so batch size 1 gets its own.
+# With `fullgraph=False` (`--set fullgraph=false`) the broken variant does not raise: 4 of its 12 batch sizes
+# run uncompiled, and it ends `wrong`. `labkit doctor` probes whether your torch keeps dynamo's config per
+# thread (its `compile-threads` row).
+#
 # ## In your own code
 #
 # * Dispatching a model yourself: `dispatch_model(model, device_map, skip_keys=model._skip_keys_device_placement)`
@@ -312,6 +397,9 @@ panel("thread-device", knobs=["devices", "context", "tokens"])
 # * Make tensors in the thread that uses them, or name the device index everywhere (`"cuda:1"`, never a
 #   bare `"cuda"` that means another GPU in another thread).
 # * Where two devices meet, check before the op: `labkit.check_same_device(**tensors)` names each tensor.
+# * `torch._dynamo.config` set in the main thread does not reach a thread pool (torch 2.12 and later): set
+#   it in each serving thread, or run the work in `contextvars.copy_context()`; better, mark the dynamic
+#   dimensions so that fewer graphs are needed.
 
 # %% [markdown]
 # ## Appendix, not done: a virtual multi-GPU dry run
