@@ -24,6 +24,18 @@ GPU_RECORD = Path(__file__).with_name("gpu_last_run.json")  # committed: where a
 
 
 def pytest_collection_modifyitems(config, items):
+    """The longest work first, so that neither xdist worker is left with it at the end while the other
+    sits idle: the browser test (four minutes, one JupyterLab for all of it), the notebooks (half a
+    minute to two minutes each), then the other files, most tests first. xdist hands the files out in
+    this order (``--no-loadscope-reorder``); its own order, most tests first, had put the browser test
+    last, on one worker, while the other sat idle for over a minute."""
+    files = Counter(item.nodeid.split("::")[0] for item in items)
+
+    def long_first(item) -> tuple:
+        file = item.nodeid.split("::")[0]
+        return (file != "tests/test_browser.py", not file.startswith("notebooks/"), -files[file], file)
+
+    items.sort(key=long_first)  # stable: each file's own order is kept
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device; none on this machine")

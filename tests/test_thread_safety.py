@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from labkit import BadInput
+
 from labkit.llm.models import save_random
 from labkit.llm.thread_safety import check_thread_safety
 from labkit.ui.cli import main
@@ -43,3 +45,17 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_your_own_prompts_are_served_in_turn():
+    from labkit.llm.models import tiny_tokenizer
+
+    texts = ["The workshop starts", "Threads share the model and the cache"]
+    result = check_thread_safety(threads=4, tokens=8, prompts=texts)
+    lengths = [len(tiny_tokenizer()(t)["input_ids"]) for t in texts]
+    assert result.failed == 0 and [r["prompt_tokens"] for r in result.requests] == lengths * 2
+
+
+def test_prompts_must_be_texts():
+    with pytest.raises(BadInput, match="prompts must be a list of non-empty texts"):
+        check_thread_safety(prompts="one string, not a list")

@@ -228,3 +228,28 @@ def test_a_template_with_a_running_trial_is_not_ended_to_make_room(monkeypatch):
     assert result["r"].outcome == "hung", result["r"].error  # not killed with its template ("crashed")
     run_isolated(threads_and_seeds, timeout=60, env={"LABKIT_T": "b"})
     assert len(warm.live_templates()) == 1  # the idle one made room at the next start
+
+
+def _measured_window(**knobs):
+    start = time.time()
+    sum(range(300_000))
+    return {"start": start, "end": time.time()}
+
+
+def test_no_template_imports_while_a_trial_of_a_comparison_is_measured(monkeypatch):
+    """Warming never disturbs a measurement: two variants in two environments (a template each), compared
+    A B A B; each template imports before its first trial, never while a trial of the other side runs."""
+    from labkit import Metric, Scenario, compare
+    from labkit.core import scenario as registry
+
+    scen = Scenario("test-windows", summary="two environments", metrics=(Metric("start", "s"), Metric("end", "s")))
+    scen.variant("a", broken=True, env={"LABKIT_TEST_SIDE": "a"})(_measured_window)
+    scen.variant("b", env={"LABKIT_TEST_SIDE": "b"})(_measured_window)
+    monkeypatch.setitem(registry._REGISTRY, scen.name, scen)
+    before = set(warm.warming_windows())
+    result = compare(scen, "a", "b", repeats=2, monitor=False)
+    trials = [(t.metrics["start"], t.metrics["end"]) for side in (result.a, result.b) for t in side.trials]
+    warmed = set(warm.warming_windows()) - before
+    assert len(warmed) == 2 and len(trials) == 4  # both environments warmed here, every trial measured
+    overlapping = [(w, t) for w in warmed for t in trials if w[0] < t[1] and t[0] < w[1]]
+    assert overlapping == []

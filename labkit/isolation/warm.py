@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping
@@ -38,6 +39,7 @@ class Template:
 
     def __init__(self, env: Mapping[str, str]):
         self._log = tempfile.TemporaryFile()  # the template's own stderr, read back if it fails to start
+        self.warming = (time.time(), float("nan"))  # wall-clock start and end of its imports
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "labkit.isolation._template"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
@@ -63,6 +65,7 @@ class Template:
             kind, _, rest = line.rstrip("\n").partition(" ")
             with self._changed:
                 if kind == "ready":
+                    self.warming = (self.warming[0], time.time())
                     self._said_ready = True
                     self._ready.set()
                 elif kind == "forked":
@@ -178,6 +181,13 @@ def shutdown() -> None:
     with _templates_lock:
         while _templates:
             _templates.popitem()[1].close()
+
+
+def warming_windows() -> list[tuple[float, float]]:
+    """When each live template imported (wall clock, start and end): for the check that warming never
+    overlaps a measured trial."""
+    with _templates_lock:
+        return [t.warming for t in _templates.values() if t.alive]
 
 
 def live_templates() -> list[int]:

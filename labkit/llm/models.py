@@ -202,15 +202,11 @@ def fresh(path_or_id: str = TINY, *, trust_remote_code: bool = False, **tiny_kwa
     return model.eval()
 
 
-def tokenizer_of(path_or_id: str = TINY, *, trust_remote_code: bool = False):
-    return tiny_tokenizer() if path_or_id == TINY else loaded(path_or_id, trust_remote_code)[1]
-
-
 def prompt_ids(path_or_id: str = TINY, *, trust_remote_code: bool = False) -> tuple[int, ...]:
     """The corpus in the model's own tokens: where every scenario cuts its prompts."""
     if path_or_id == TINY:
         return corpus_ids()
-    return tuple(tokenizer_of(path_or_id, trust_remote_code=trust_remote_code)(corpus())["input_ids"])
+    return tuple(loaded(path_or_id, trust_remote_code)[1](corpus())["input_ids"])
 
 
 def config_of(path_or_id: str = TINY, *, trust_remote_code: bool = False):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -56,7 +56,7 @@ def _first_difference(reference: list[int], answer: list[int]) -> int | None:
 
 
 def _check(model: str, threads: int, requests: int, tokens: int, qwen1_rotary: bool,
-           trust_remote_code: bool = False) -> list[dict[str, Any]]:
+           trust_remote_code: bool = False, texts: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """In the isolated child: serve ``requests`` prompts from ``threads`` threads on one model."""
     import torch
 
@@ -70,7 +70,10 @@ def _check(model: str, threads: int, requests: int, tokens: int, qwen1_rotary: b
         from labkit.llm.qwen1_rotary import install
 
         install(shared)
-    prompts = cut(requests, tokenizer(corpus())["input_ids"])  # thread-race's mix of short and long prompts
+    if texts:  # the user's own prompts, in turn
+        prompts = [tokenizer(texts[i % len(texts)])["input_ids"] for i in range(requests)]
+    else:  # thread-race's mix of short and long prompts
+        prompts = cut(requests, tokenizer(corpus())["input_ids"])
     alone = [generate(copy.deepcopy(shared), [p], tokens, "cpu")[0] for p in prompts]
     answers: list[Any] = [None] * requests
     errors: list[BaseException | None] = [None] * requests
@@ -93,9 +96,12 @@ def _check(model: str, threads: int, requests: int, tokens: int, qwen1_rotary: b
 
 
 def check_thread_safety(model: str = "tiny", *, threads: int = 8, requests: int | None = None, tokens: int = 16,
-                        timeout: float = 300.0, qwen1_rotary: bool = False, trust_remote_code: bool = False) -> ThreadSafety:
+                        prompts: Sequence[str] = (), timeout: float = 300.0, qwen1_rotary: bool = False,
+                        trust_remote_code: bool = False) -> ThreadSafety:
     """Serve ``requests`` (default: one per thread) from ``threads`` threads on one ``model`` (``tiny``, a
     local folder, or a hub id you have cached) and compare every answer with the same request alone.
+    ``prompts``: your own texts, used in turn (default: short and long ones cut from labkit's corpus);
+    decoding is greedy, so that the right answer is known.
     ``qwen1_rotary``: install Qwen-1's racy rotary module first (the Llama family only); ``trust_remote_code``:
     run the model's own code (only when you trust it)."""
     from labkit.isolation.isolated import run_isolated
@@ -106,8 +112,11 @@ def check_thread_safety(model: str = "tiny", *, threads: int = 8, requests: int 
     for name, value in (("threads", threads), ("requests", requests), ("tokens", tokens)):
         if value < 1:
             raise BadInput(f"{name} must be at least 1, got {value}")
+    if isinstance(prompts, str) or not all(isinstance(p, str) and p for p in prompts):
+        raise BadInput("prompts must be a list of non-empty texts")
     result = run_isolated(_check, {"model": model, "threads": threads, "requests": requests, "tokens": tokens,
-                                   "qwen1_rotary": qwen1_rotary, "trust_remote_code": trust_remote_code},
+                                   "qwen1_rotary": qwen1_rotary, "trust_remote_code": trust_remote_code,
+                                   "texts": tuple(prompts)},
                          timeout=timeout)
     if result.outcome != "ok":
         return ThreadSafety(model, threads, str(result.outcome), error=result.error, stacks=dict(result.stacks))

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--threads", type=int, default=8)
     check.add_argument("--requests", type=int, default=None, help="requests in all (default: one per thread)")
     check.add_argument("--tokens", type=int, default=16, help="new tokens per request (greedy)")
+    check.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                       help="a prompt of your own (repeatable; used in turn; default: short and long ones from labkit's corpus)")
     check.add_argument("--qwen1-rotary", action="store_true", help="install Qwen-1's racy rotary first (to see a failure)")
     check.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (only for a model you trust)")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -190,7 +192,8 @@ def _check(args: argparse.Namespace) -> int:
     from labkit.llm.thread_safety import check_thread_safety
 
     result = check_thread_safety(args.model, threads=args.threads, requests=args.requests, tokens=args.tokens,
-                                 qwen1_rotary=args.qwen1_rotary, trust_remote_code=args.trust_remote_code)
+                                 prompts=args.prompt, qwen1_rotary=args.qwen1_rotary,
+                                 trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(jsonable(result.to_dict()), indent=2))
     else:
