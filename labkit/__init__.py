@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from labkit.core.runner import run
     from labkit.core.scenario import Knob, Metric, Scenario, Variant, all_scenarios, get, register
     from labkit.core.sweep import Sweep, sweep
-    from labkit.core.trial import Outcome, Trial, TrialSet
+    from labkit.core.trial import Outcome, Trial, TrialSet, variants_table
     from labkit.isolation.isolated import Isolated, run_isolated
     from labkit.isolation.watchdog import WatchdogTimeout, watchdog
     from labkit.llm.devices import DeviceMismatch, check_same_device, device_pair
@@ -54,7 +54,7 @@ _WHERE = {
     "Knob": "core.scenario", "Metric": "core.scenario", "Scenario": "core.scenario", "Variant": "core.scenario",
     "all_scenarios": "core.scenario", "get": "core.scenario", "register": "core.scenario",
     "Sweep": "core.sweep", "sweep": "core.sweep",
-    "Outcome": "core.trial", "Trial": "core.trial", "TrialSet": "core.trial",
+    "Outcome": "core.trial", "Trial": "core.trial", "TrialSet": "core.trial", "variants_table": "core.trial",
     "Isolated": "isolation.isolated", "run_isolated": "isolation.isolated",
     "WatchdogTimeout": "isolation.watchdog", "watchdog": "isolation.watchdog",
     "DeviceMismatch": "llm.devices", "check_same_device": "llm.devices", "device_pair": "llm.devices",

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from labkit import Comparison, Outcome, TrialSet, compare, run, run_isolated
+from labkit import Comparison, Outcome, Trial, TrialSet, compare, run, run_isolated, variants_table
 from labkit.ui.cli import main
 from labkit.core.harness import fork_context
 from labkit.isolation.stacks import frames
@@ -43,6 +43,19 @@ def test_results_cannot_be_changed_in_place(cheap):
         trials.trials[0].outcome = "ok"
     more = trials.adding(trials.trials[0])
     assert len(trials.trials) == 1 and len(more.trials) == 2
+
+
+def test_variants_read_side_by_side_one_row_each():
+    ok = Trial("s", "fast", 0, Outcome.OK, None, 1.26, {"tokens_per_s": 40.04}, {})
+    raised = Trial("s", "risky", 0, Outcome.RAISED, "RuntimeError: boom\n  in a worker", 0.5, {"failed": 3.0}, {},
+                   notes={"device": "cpu"})
+    table = variants_table({"fast": ok, "risky": raised}, digits=1, notes=True, errors=True)
+    assert list(table.index) == ["fast", "risky"]
+    assert list(table.columns) == ["outcome", "seconds", "tokens_per_s", "failed", "device", "error"]
+    assert table.loc["fast", "tokens_per_s"] == 40.0 and table.loc["fast", "seconds"] == 1.3
+    assert table["failed"].isna().tolist() == [True, False]  # a metric one trial lacks is missing, not 0
+    assert table.loc["risky", "error"] == "RuntimeError: boom" and table.loc["fast", "error"] == ""
+    assert list(variants_table({"fast": ok}, metrics=[]).columns) == ["outcome", "seconds"]
 
 
 def test_a_file_without_trials_is_refused_with_what_was_expected(tmp_path):

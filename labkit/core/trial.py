@@ -13,7 +13,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -169,6 +169,26 @@ class TrialSet:
         """The monitor's samples of every trial, with a ``trial`` column."""
         parts = [t.samples.assign(trial=t.index) for t in self.trials if t.samples is not None]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def variants_table(trials: Mapping[str, Trial], *, metrics: Sequence[str] | None = None, digits: int | None = None,
+                   notes: bool = False, errors: bool = False) -> pd.DataFrame:
+    """One row per variant (the keys of ``trials``, one trial each): outcome, seconds, metrics.
+
+    The wide view, for reading a few single trials side by side; ``TrialSet.to_frame`` stays the
+    tidy one for analysis. ``metrics`` picks and orders the metric columns (a trial without one shows
+    NaN), ``digits`` rounds the numbers, ``notes`` adds what each trial said of itself and ``errors``
+    the first line of its error."""
+    def numbers(t: Trial) -> dict[str, float | None]:
+        found = {"seconds": t.seconds, **{m: t.metrics.get(m) for m in (t.metrics if metrics is None else metrics)}}
+        return found if digits is None else {k: v if v is None else round(v, digits) for k, v in found.items()}
+
+    parts = [pd.DataFrame.from_dict({v: {"outcome": t.outcome.value, **numbers(t)} for v, t in trials.items()}, orient="index")]
+    if notes:
+        parts.append(pd.DataFrame.from_dict({v: dict(t.notes) for v, t in trials.items()}, orient="index"))
+    if errors:
+        parts.append(pd.Series({v: (t.error or "").strip().split("\n")[0][:90] for v, t in trials.items()}, name="error"))
+    return pd.concat(parts, axis=1)
 
 
 def _trial_sets(data: Any) -> list[Mapping[str, Any]]:

@@ -211,16 +211,19 @@ class _Stillness:
 
     Still means: no process came or went, and the group's CPU time grew by less than
     :data:`IDLE_CPU` of one core (a pool's housekeeping thread that wakes every 0.1 s stays under it).
+    The clock starts at the first reading, taken once the trial's first line has run: a fresh
+    interpreter's seconds of imports are not stillness, even when the group reads empty then (a trial
+    that is already exiting, its main thread gone while others finish).
     """
 
     def __init__(self, pgid: int):
-        self.pgid, self.ticks, self.used, self.since = pgid, {}, 0, time.monotonic()
+        self.pgid, self.ticks, self.used, self.since = pgid, {}, 0, None
         self.hz = os.sysconf("SC_CLK_TCK")
 
     def seconds(self, now: float) -> float:
         ticks = {pid: _cpu_ticks(pid) for pid in group_members(self.pgid)}
         self.used += sum(max(0, t - self.ticks.get(pid, 0)) for pid, t in ticks.items())
-        if set(ticks) != set(self.ticks) or self.used > self.hz * IDLE_CPU * (now - self.since) + 1:
+        if self.since is None or set(ticks) != set(self.ticks) or self.used > self.hz * IDLE_CPU * (now - self.since) + 1:
             self.since, self.used = now, 0
         self.ticks = ticks
         return now - self.since

@@ -156,7 +156,7 @@ labkit.variant_code(race, "processes", helpers=False)
 
 # %%
 fixes = {v: labkit.run(race, v, knobs=QUICK, monitor=False).trials[0] for v in race.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, **{k: round(x, 1) for k, x in t.metrics.items()}} for v, t in fixes.items()}).T
+labkit.variants_table(fixes, digits=1)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -237,7 +237,7 @@ labkit.show_code(dynamic_rope_update, between=("def dynamic_frequency_update", "
 # %%
 DYNAMIC = {"pattern": "dynamic-rope"}  # 32 new tokens a request: the race shows in nearly every trial
 dynamic = {v: labkit.run(race, v, knobs=DYNAMIC, monitor=False).trials[0] for v in race.variants}
-pd.DataFrame({v: {"outcome": t.outcome, "requests_failed": t.metrics.get("requests_failed")} for v, t in dynamic.items()}).T
+labkit.variants_table(dynamic, metrics=["requests_failed"], digits=1)
 
 # %%
 # NBVAL_CHECK_OUTPUT

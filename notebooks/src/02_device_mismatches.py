@@ -258,7 +258,7 @@ display(labkit.variant_diff(threaded, "explicit-device"), labkit.variant_diff(th
 
 # %%
 t_fixes = {v: labkit.run(threaded, v, knobs=threaded.quick, monitor=False).trials[0] for v in threaded.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, **t.metrics} for v, t in t_fixes.items()}).T
+labkit.variants_table(t_fixes, digits=2)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -376,7 +376,7 @@ display(labkit.variant_diff(compiled, "thread-config"), labkit.variant_diff(comp
 
 # %%
 t_compiled = {v: labkit.run(compiled, v, monitor=False).trials[0] for v in compiled.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, **t.metrics, **t.notes} for v, t in t_compiled.items()}).T
+labkit.variants_table(t_compiled, digits=2, notes=True)
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -151,8 +151,7 @@ labkit.variant_code(storm, "bounded-pool", helpers=False)
 
 # %%
 fixes = {v: labkit.run(storm, v, knobs=QUICK, monitor=False).trials[0] for v in storm.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, **{k: round(x, 3) for k, x in t.metrics.items()}}
-              for v, t in {"broken": broken, **fixes}.items()}).T
+labkit.variants_table({"broken": broken, **fixes}, digits=3)
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -110,8 +110,7 @@ for fix in tok.fixes:
 
 # %%
 fixes = {v: labkit.run(tok, v, timeout=60, monitor=False).trials[0] for v in tok.fixes}
-pd.DataFrame({v: {"TOKENIZERS_PARALLELISM": tok.get_variant(v).env.get("TOKENIZERS_PARALLELISM"), "outcome": t.outcome,
-                  **{k: round(x, 1) for k, x in t.metrics.items()}} for v, t in {"broken": hung, **fixes}.items()}).T
+labkit.variants_table({"broken": hung, **fixes}, digits=1)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -236,8 +235,7 @@ labkit.variant_diff(oom, "collective-timeout")
 
 # %%
 oom_fixes = {v: labkit.run(oom, v, timeout=30, monitor=False).trials[0] for v in oom.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, **{k: round(x, 1) for k, x in t.metrics.items()}, "error": (t.error or "")[:90]}
-              for v, t in oom_fixes.items()}).T
+labkit.variants_table(oom_fixes, digits=1, errors=True)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -290,8 +288,7 @@ for fix in streaming.fixes:
 
 # %%
 stream_fixes = {v: labkit.run(streaming, v, monitor=False).trials[0] for v in streaming.fixes}
-pd.DataFrame({v: {"outcome": t.outcome, "seconds": round(t.seconds, 1), "error": (t.error or "")[:90]}
-              for v, t in stream_fixes.items()}).T
+labkit.variants_table(stream_fixes, metrics=[], digits=1, errors=True)
 
 # %%
 # NBVAL_CHECK_OUTPUT
