@@ -30,7 +30,7 @@ compiled = register(
         summary="torch.compile's recompile limit, raised in the main thread, is the default 8 in a serving thread",
         source="pytorch issue 186537 (dynamo config per thread since torch 2.12, pull request 173568)",
         notebook="02_device_mismatches",
-        confirmed_on={"torch": ("2.13",)},
+        confirmed_on={"torch": ("2.13", "2.14")},
         confirmed_setup="dynamo's eager backend, CPU; the config is per thread from torch 2.12",
         knobs=(
             positive("shapes", 12, "batch sizes served, 1 to shapes: one graph each with dynamic=False", high=64),

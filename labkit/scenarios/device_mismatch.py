@@ -64,7 +64,7 @@ mismatch = register(
         summary="a model split over two devices by accelerate fails on step 2: the hook moved the KV cache",
         source="seed 001 (Qwen3 over GPUs with accelerate); transformers PRs 23919, 28051",
         notebook="02_device_mismatches",
-        confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24"), "accelerate": ("1.15",)},
+        confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24"), "accelerate": ("1.15",)},
         confirmed_setup="the cache passed as tuples, as transformers < 4.36 did; cpu + meta, and cpu + cuda:0 on an H100",
         knobs=(
             devices_knob("'auto' or 'A,B': A is the main device (embeddings first), B the other",

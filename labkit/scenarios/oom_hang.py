@@ -43,7 +43,7 @@ oom = register(
         summary="a rank's KV cache outgrows its budget; it logs the error and lives, its peer waits in all_reduce forever",
         source="seed 003 (lmdeploy TP=8 hang on out-of-memory): lmdeploy issue 2712",
         notebook="04_tokenizer_deadlocks",
-        confirmed_on={"torch": ("2.13",), "transformers": ("5.23", "5.24")},
+        confirmed_on={"torch": ("2.13", "2.14"), "transformers": ("5.23", "5.24")},
         confirmed_setup="gloo, 2 CPU ranks on loopback; transformers' StaticCache",
         knobs=(
             positive("tokens", 48, "new tokens the request asks for", high=1024),

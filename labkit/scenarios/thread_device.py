@@ -54,7 +54,7 @@ threaded = register(
         summary="the default/current device is per thread: a model made under a context, used from a worker",
         source="seed 004 (Outlines, model made in one thread, generation in another): dottxt-ai/outlines issue 679",
         notebook="02_device_mismatches",
-        confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24")},
+        confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="2-core x86-64 (cpu + meta); an H100 (cpu + cuda:0)",
         knobs=(
             devices_knob("'auto' or 'A,B': A is where a new thread's tensors land, B the context's device",

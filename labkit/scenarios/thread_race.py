@@ -81,7 +81,7 @@ race = register(
                 "RoPE): TypeError or silently wrong answers",
         source="seed 000 (Qwen-1.8B from threads): QwenLM/Qwen issue 1303; transformers' dynamic_rope_update",
         notebook="01_thread_races",
-        confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24")},
+        confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="Qwen3 with Qwen-1's rotary pattern: 2-core x86-64 and an H100 (cuda:0); with transformers' "
                         "dynamic RoPE: 2-core x86-64 on transformers 5.24",
         knobs=(

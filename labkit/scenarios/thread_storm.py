@@ -47,7 +47,7 @@ storm = register(
         summary="CPU oversubscription: W workers x a full intra-op pool each, sampling over a 152k vocabulary",
         source="seed 002 (ExLlamaV2 CPU at 100%): exllamav2 issue 508; pytorch issue 80777",
         notebook="03_cpu_thread_storms",
-        confirmed_on={"torch": ("2.11", "2.13"), "transformers": ("5.17", "5.23", "5.24")},
+        confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="sampling on the CPU, OpenMP (libgomp); 2-core x86-64, and the 16-core host of an H100",
         knobs=(
             positive("workers", 4, "concurrent workers (processes, or threads with workers_as=threads)", high=64),
