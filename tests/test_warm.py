@@ -100,14 +100,10 @@ def test_a_busy_trial_is_not_still_and_ends_at_its_timeout():
     assert r.outcome == "hung" and r.hung_by == "no answer within 2.5 s of its first line"
 
 
-
 def test_stillness_counts_from_its_first_reading_not_from_the_launch():
     """Found by benchmarks/warm_fidelity.py: a short trial in a fresh interpreter came back hung 0.1 s
     after its first line, "no CPU for 3 s". Its group read empty (the trial was exiting), so the
     clock ran from the launch, across seconds of imports."""
-    import subprocess
-    import time
-
     from labkit.isolation.isolated import _Stillness, _is_zombie
 
     ended = subprocess.Popen(["true"], start_new_session=True)  # not reaped yet: a zombie, an empty group
@@ -120,6 +116,7 @@ def test_stillness_counts_from_its_first_reading_not_from_the_launch():
         assert still.seconds(time.monotonic()) < 0.1
     finally:
         ended.wait()
+
 
 PARENT = textwrap.dedent("""
     import signal, sys, threading
