@@ -26,16 +26,21 @@ def main() -> None:
     differ = 0
     for scen in scenarios:
         for variant in scen.variants:
-            said, failed = {}, {}
+            said, failed, why = {}, {}, {}
             for start in ("warm", "fresh"):
                 trials = run(scen, variant, repeats=args.repeats, knobs=scen.quick, monitor=False, start=start)
                 said[start] = trials.outcome_text()
                 failed[start] = sum(t.outcome != "ok" for t in trials.trials)
+                why[start] = [f"{t.outcome.value} after {t.seconds:.2f} s: {t.notes.get('hung') or t.error}"
+                              for t in trials.trials if t.outcome != "ok"]
             # A race fails as raised or as wrong at random: what must agree is whether it failed.
             same = failed["warm"] == failed["fresh"]
             differ += not same
             kinds = "" if said["warm"] == said["fresh"] else "  (both failed, in different ways)" if same else "  DIFFERENT"
             print(f"{scen.name:<20} {variant:<20} warm: {said['warm']:<12} fresh: {said['fresh']:<12}{kinds}", flush=True)
+            if not same:  # how each failed trial ended, to tell a real difference from labkit's own bug
+                for start, lines in why.items():
+                    print("".join(f"    {start}: {line}\n" for line in lines), end="", flush=True)
     if args.only is None or "thread-storm" in args.only:
         storm = get("thread-storm")
         for start in ("warm", "fresh"):
