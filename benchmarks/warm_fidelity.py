@@ -40,7 +40,8 @@ def main() -> None:
             print(f"{scen.name:<20} {variant:<20} warm: {said['warm']:<12} fresh: {said['fresh']:<12}{kinds}", flush=True)
             if not same:  # how each failed trial ended, to tell a real difference from labkit's own bug
                 for start, lines in why.items():
-                    print("".join(f"    {start}: {line}\n" for line in lines), end="", flush=True)
+                    for line in lines:
+                        print(f"    {start}: {line}", flush=True)
     if args.only is None or "thread-storm" in args.only:
         storm = get("thread-storm")
         for start in ("warm", "fresh"):
