@@ -10,7 +10,8 @@ import time
 import pytest
 
 from labkit.core.errors import WrongResult
-from labkit.isolation.isolated import group_members, run_isolated
+from labkit.isolation.isolated import run_isolated
+from labkit.machine.system_linux import group_members
 
 
 def returns_metrics():

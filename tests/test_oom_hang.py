@@ -1,7 +1,7 @@
 """oom-hang: two real gloo ranks; the failing rank stays alive and its peer waits in all_reduce."""
 
 from labkit import run
-from labkit.isolation.isolated import group_members
+from labkit.machine.system_linux import group_members
 
 
 def test_broken_hangs_with_rank_0_in_the_collective_and_rank_1_waiting_for_its_engine():

@@ -1,7 +1,7 @@
 """streamer-hang: transformers' TextIteratorStreamer, a real ValueError inside generate, a caller that waits."""
 
 from labkit import run
-from labkit.isolation.isolated import group_members
+from labkit.machine.system_linux import group_members
 
 
 def test_broken_hangs_with_the_caller_in_the_streamer_s_queue_and_the_worker_gone():

@@ -3,7 +3,7 @@
 import pytest
 
 from labkit import run
-from labkit.isolation.isolated import group_members
+from labkit.machine.system_linux import group_members
 
 
 def test_broken_hangs_with_the_workers_stuck_in_encode():

@@ -104,13 +104,15 @@ def test_stillness_counts_from_its_first_reading_not_from_the_launch():
     """Found by benchmarks/warm_fidelity.py: a short trial in a fresh interpreter came back hung 0.1 s
     after its first line, "no CPU for 3 s". Its group read empty (the trial was exiting), so the
     clock ran from the launch, across seconds of imports."""
-    from labkit.isolation.isolated import _Stillness, _is_zombie
+    from labkit.isolation.isolated import _Stillness
+    from labkit.machine import system
+    from labkit.machine.system_linux import is_zombie
 
     ended = subprocess.Popen(["true"], start_new_session=True)  # not reaped yet: a zombie, an empty group
     try:
-        still = _Stillness(ended.pid)
+        still = _Stillness(system.current().tree(ended.pid))
         deadline = time.monotonic() + 10
-        while not _is_zombie(ended.pid) and time.monotonic() < deadline:
+        while not is_zombie(ended.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)  # what a fresh interpreter spends on imports before the first reading
         assert still.seconds(time.monotonic()) < 0.1

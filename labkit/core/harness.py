@@ -67,16 +67,23 @@ def together(count: int, work: Callable[[int], Any], name: str = "worker") -> tu
 
 
 def fork_context():
-    """multiprocessing's fork context, refused in a process that already runs other threads.
+    """The context for a trial's own worker processes: fork right after its imports where the platform's
+    route forks (Linux), else spawn (:meth:`labkit.machine.system.System.worker_start_method`).
 
     A fork copies memory but one thread: a lock another thread held stays held forever in the
     child (the ``tokenizer-deadlock`` scenario). Forking right after the imports is cheap and safe;
-    this check keeps it so when the code around it changes. (Threads that Python does not know,
-    such as the tokenizers Rust pool, are not seen here: that scenario is about exactly those.)
+    this check keeps it so when the code around it changes. labkit's own ``labkit-*`` threads (a
+    trial's lifeline and stack watcher) wait in system calls and hold no lock a worker could need.
+    (Threads that Python does not know, such as the tokenizers Rust pool, are not seen here: that
+    scenario is about exactly those.)
     """
     import multiprocessing as mp
 
-    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
-    if others:
+    from labkit.machine import system
+
+    method = system.current().worker_start_method()
+    others = [t.name for t in threading.enumerate()
+              if t is not threading.current_thread() and not t.name.startswith("labkit-")]
+    if method == "fork" and others:
         raise RuntimeError(f"refusing to fork workers from a process that runs other threads: {', '.join(others)}")
-    return mp.get_context("fork")
+    return mp.get_context(method)

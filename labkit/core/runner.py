@@ -50,7 +50,7 @@ def checked(scenario: str | registry.Scenario, variants: Sequence[str], repeats:
     """The scenario, once every name and count asked for is known to be allowed (else BadInput)."""
     scen = registry.get(scenario)
     for name in variants:
-        scen.get_variant(name)
+        scen.get_variant(name).check_platform(scen.name)
     check_repeats(repeats)
     return scen
 

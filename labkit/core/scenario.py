@@ -86,6 +86,15 @@ class Variant:
     # What the fix's trials end with when it works: "ok", or "raised" for a fix whose point is to fail
     # fast with the real error instead of hanging (a collective timeout, an error handed on).
     expect: str = "ok"
+    needs_fork: bool = False  # its workers must be forked (the failure, or the fix, is about fork itself)
+
+    def check_platform(self, scenario: str) -> None:
+        """A one-line :class:`BadInput` where this platform cannot run the variant (no ``os.fork`` on Windows)."""
+        import os
+
+        if self.needs_fork and not hasattr(os, "fork"):
+            raise BadInput(f"{scenario} {self.name} forks its workers (its point is fork itself), and this platform "
+                           "has no os.fork: run it on Linux, macOS or WSL 2")
 
 
 @dataclass
@@ -118,12 +127,12 @@ class Scenario:
         self.metrics = tuple(self.metrics)
 
     def variant(self, name: str, *, broken: bool = False, env: Mapping[str, str | None] | None = None,
-                expect: str = "ok"):
+                expect: str = "ok", needs_fork: bool = False):
         """Decorator that adds ``fn`` as variant ``name``; its docstring's first line is the summary."""
 
         def add(fn: Callable[..., Mapping[str, float]]):
             summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-            self.variants[name] = Variant(name, fn, summary, broken, dict(env or {}), expect)
+            self.variants[name] = Variant(name, fn, summary, broken, dict(env or {}), expect, needs_fork)
             return fn
 
         return add

@@ -31,9 +31,10 @@ import signal
 import sys
 from pathlib import Path
 
-from labkit.isolation._child import main, warm_imports
+from labkit.isolation._child import NVML_CHECK, main, warm_imports_without_cuda
+from labkit.machine.system_linux import fork, kill_group
 
-NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
 def _become_trial(folder: Path, selector: selectors.BaseSelector, wakeup: tuple[int, int], drop: tuple[str, ...]) -> None:
     """In the forked child: a process group of its own, this process's own output file, default
     signals, the environment as the parent gave it (``drop``: what the template added for itself),
@@ -58,16 +59,16 @@ def _become_trial(folder: Path, selector: selectors.BaseSelector, wakeup: tuple[
 
         numpy.random.seed()  # numpy's global generator was seeded when the template imported it
         main(folder)
+    except BaseException:  # noqa: BLE001 - before main() could report it: say why in the trial's output
+        import traceback
+
+        traceback.print_exc()
     finally:
         os._exit(70)  # main() leaves with os._exit(0); getting here means it could not start
 
 
 def serve() -> None:
-    # torch.cuda.is_available() may initialise the CUDA driver, after which no fork can use CUDA;
-    # asking NVML instead leaves it alone. Only while importing: each trial gets the variable back as it was.
-    added = NVML_CHECK not in os.environ
-    os.environ.setdefault(NVML_CHECK, "1")
-    warm_imports()
+    added = warm_imports_without_cuda()
     import torch
 
     if torch.cuda.is_initialized():
@@ -90,7 +91,7 @@ def serve() -> None:
                         return  # the parent is gone
                     folder = Path(line.rstrip("\n"))
                     sys.stdout.flush()
-                    pid = os.fork()
+                    pid = fork()
                     if pid == 0:
                         _become_trial(folder, selector, (read_fd, write_fd), drop=(NVML_CHECK,) if added else ())
                     try:
@@ -104,10 +105,7 @@ def serve() -> None:
                     _reap(trials)
     finally:  # the parent is gone: it can no longer kill these trials or remove their folders
         for pid, folder in trials.items():
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_group(pid)
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -17,9 +17,11 @@ Both run the same imports before the call's first line, and the timeout counts f
 stillness: when the whole process group has used (almost) no CPU for ``idle`` seconds, every
 thread is blocked, and the call is ``hung`` then, with the reason in ``Isolated.hung_by``.
 
-Stacks come from ``faulthandler`` on SIGUSR1, written to a file of the call's own (a notebook
-kernel's stderr has no file descriptor): its handler is C and async-signal-safe, so it answers
-even when the process holds the GIL in native code. Each process in the group is asked in turn.
+What the operating system gives here (a trial's processes, their CPU time, killing its tree,
+asking for stacks) comes from one seam, :mod:`labkit.machine.system`: ``/proc``, process groups and
+SIGUSR1 on Linux; psutil and a request file elsewhere (and with ``LABKIT_PLATFORM=portable``).
+Where no CPU reading can be had, stillness is off, said once, and a hang ends at its timeout:
+no reading is never taken for no progress.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,8 @@ from typing import Any, Callable, Mapping
 
 import cloudpickle
 
-from labkit.isolation._child import STACK_SIGNAL
+from labkit.machine import system
+from labkit.machine.system import Tree, say_once
 
 STARTS = ("warm", "fresh")
 OUTPUT_KEEP = 20_000  # characters of the child's stdout+stderr kept in the result
@@ -139,16 +141,17 @@ def run_isolated(
         (folder / "output.txt").touch()
         asked = time.monotonic()
         proc = _launch(folder, child_env, start)
+        tree = system.current().tree(proc.pid)
         stacks: dict[int, str] = {}
         try:
             if on_start is not None:
                 on_start(proc.pid)
-            ended, began, hung_by = _wait(proc, folder / "started", asked, timeout, idle, on_tick, tick)
+            ended, began, hung_by = _wait(proc, tree, folder / "started", asked, timeout, idle, on_tick, tick)
             seconds = time.monotonic() - (began or asked)
             if not ended:
-                stacks = _dump_stacks(proc.pid, folder / "stacks.txt")
+                stacks = _dump_stacks(tree, folder)
         finally:
-            _kill_group(proc)
+            _end(proc, tree)
         output = (folder / "output.txt").read_text(errors="replace")[-OUTPUT_KEEP:]
         common = dict(output=output, pid=proc.pid, start=start, startup_seconds=(began - asked) if began else None)
         if not ended:
@@ -167,17 +170,17 @@ def _launch(folder: Path, env: dict[str, str], start: str):
         from labkit.isolation import warm
 
         return warm.start(folder, env)
-    with open(folder / "output.txt", "ab") as out:
+    with open(folder / "output.txt", "ab") as out:  # stdin: its lifeline (see labkit.isolation._child)
         return subprocess.Popen(
-            [sys.executable, "-m", "labkit.isolation._child", str(folder)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [sys.executable, "-m", "labkit.isolation._child", str(folder), "--lifeline"],
+            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env, **system.current().new_group(),
         )
 
 
-def _wait(proc, started: Path, asked: float, timeout: float, idle: float | None, on_tick, tick: float):
+def _wait(proc, tree: Tree, started: Path, asked: float, timeout: float, idle: float | None, on_tick, tick: float):
     """Wait for the child: ``(ended by itself, when its first line ran, how a hang was known)``."""
     began, deadline = None, asked + STARTUP_LIMIT
-    still = _Stillness(proc.pid)
+    still = _Stillness(tree)
     while True:
         now = time.monotonic()
         if began is None and (began := _first_line(started)) is not None:
@@ -207,89 +210,52 @@ def _first_line(started: Path) -> float | None:
 
 
 class _Stillness:
-    """How long a process group has used (almost) no CPU: every thread of it blocked, a hang.
+    """How long a trial's processes have used (almost) no CPU: every thread of them blocked, a hang.
 
-    Still means: no process came or went, and the group's CPU time grew by less than
-    :data:`IDLE_CPU` of one core (a pool's housekeeping thread that wakes every 0.1 s stays under it).
+    Still means: no process came or went, and their CPU time grew by less than :data:`IDLE_CPU` of
+    one core (a pool's housekeeping thread that wakes every 0.1 s stays under it).
     The clock starts at the first reading, taken once the trial's first line has run: a fresh
-    interpreter's seconds of imports are not stillness, even when the group reads empty then (a trial
-    that is already exiting, its main thread gone while others finish).
+    interpreter's seconds of imports are not stillness, even when the tree reads empty then (a trial
+    that is already exiting, its main thread gone while others finish). Where no reading can be
+    had, it never calls a trial still (said once): the timeout decides.
     """
 
-    def __init__(self, pgid: int):
-        self.pgid, self.ticks, self.used, self.since = pgid, {}, 0, None
-        self.hz = os.sysconf("SC_CLK_TCK")
+    def __init__(self, tree: Tree):
+        self.tree, self.cpu, self.used, self.since = tree, {}, 0.0, None
 
     def seconds(self, now: float) -> float:
-        ticks = {pid: _cpu_ticks(pid) for pid in group_members(self.pgid)}
-        self.used += sum(max(0, t - self.ticks.get(pid, 0)) for pid, t in ticks.items())
-        if self.since is None or set(ticks) != set(self.ticks) or self.used > self.hz * IDLE_CPU * (now - self.since) + 1:
-            self.since, self.used = now, 0
-        self.ticks = ticks
+        cpu = self.tree.cpu_seconds()
+        if cpu is None:
+            say_once("no CPU readings of a trial's processes here: stillness is off, a hang ends at its timeout")
+            return 0.0
+        self.used += sum(max(0.0, s - self.cpu.get(pid, 0.0)) for pid, s in cpu.items())
+        # a reading's grain is one clock tick (10 ms): allow one
+        if self.since is None or set(cpu) != set(self.cpu) or self.used > IDLE_CPU * (now - self.since) + 0.01:
+            self.since, self.used = now, 0.0
+        self.cpu = cpu
         return now - self.since
-
-
-def _cpu_ticks(pid: int) -> int:
-    """User plus system clock ticks of a process, all its threads."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
 
 
 def _describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
-        return f"killed by signal {signal.Signals(-code).name}"
+        import signal
+
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
     return f"exited with code {code} before reporting a result"
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes in a process group, oldest pid first (the trial itself leads)."""
-    members = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            if os.getpgid(pid) == pgid and not _is_zombie(pid):
-                members.append(pid)
-        except (ProcessLookupError, PermissionError):
-            continue
-    return sorted(members, key=lambda pid: (pid != pgid, pid))
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def _catches(pid: int, sig: int) -> bool:
-    """Whether ``pid`` installed a handler for ``sig`` (so the signal will not kill it)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigCgt:"):
-                return bool((int(line.split()[1], 16) >> (sig - 1)) & 1)
-    except OSError:
-        pass
-    return False
-
-
-def _dump_stacks(pgid: int, stacks_file: Path) -> dict[int, str]:
-    """Ask every process of the group, one at a time, to write all its threads' stacks."""
+def _dump_stacks(tree: Tree, folder: Path) -> dict[int, str]:
+    """Ask every process of the trial, one at a time, to write all its threads' stacks."""
     stacks: dict[int, str] = {}
-    pids = group_members(pgid) or [pgid]
-    for pid in pids:
-        if not _catches(pid, STACK_SIGNAL):
-            stacks[pid] = "(no stack handler installed in this process: it had not started Python's faulthandler)"
-            continue
+    stacks_file = folder / "stacks.txt"
+    for pid in tree.members() or [tree.leader]:
         before = stacks_file.stat().st_size if stacks_file.exists() else 0
-        try:
-            os.kill(pid, STACK_SIGNAL)
-        except ProcessLookupError:
+        why_not = tree.ask_stacks(pid, folder)
+        if why_not is not None:
+            stacks[pid] = why_not
             continue
         text = _read_when_settled(stacks_file, before)
         stacks[pid] = text or "(the process did not answer with its stacks)"
@@ -307,21 +273,23 @@ def _read_when_settled(path: Path, offset: int) -> str:
         elif size > offset and time.monotonic() - stable_since > 0.05:
             break
         time.sleep(0.01)
+    if not path.exists():
+        return ""
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read().decode(errors="replace").strip()
 
 
-def _kill_group(proc) -> None:
-    """Kill the whole process group (grandchildren too) and reap the child."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _end(proc, tree: Tree) -> None:
+    """Kill the trial's whole tree (workers too), reap the trial, and wait until none of it is left."""
+    tree.kill()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"trial process {proc.pid} outlived a SIGKILL to its group for 30 s") from None
+        raise RuntimeError(f"trial process {proc.pid} outlived a kill of its tree for 30 s") from None
+    finally:
+        if getattr(proc, "stdin", None) is not None:
+            proc.stdin.close()  # its lifeline: nothing is left to end by now
     deadline = time.monotonic() + 2.0
-    while group_members(proc.pid) and time.monotonic() < deadline:
+    while tree.members() and time.monotonic() < deadline:
         time.sleep(0.01)

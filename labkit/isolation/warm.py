@@ -1,12 +1,19 @@
-"""Warm templates for isolated trials: one per environment, each forking a trial in a fraction of a second.
+"""Warm trials: a process that has already imported torch and transformers, per environment, in a fraction of a second.
 
-The parent's side of :mod:`labkit.isolation._template`. A trial asks :func:`start` for a process: the first
-trial in an environment starts that environment's template (the imports, once, before the trial:
-never while another trial of this process is being measured), every later one is a fork of it.
+Two ways, by the platform's route (:mod:`labkit.machine.system`):
 
-Nothing is left behind: a template reads its instructions from a pipe that only this process
-holds, so when this process ends for any reason (a closed notebook, a restarted kernel, Ctrl-C, a
-crash, SIGKILL) the template sees the end of its input, kills every trial it started and exits.
+* **a template that forks** (Linux; :mod:`labkit.isolation._template`): the first trial in an
+  environment starts that environment's template (the imports, once), every later one is a fork of it;
+* **pre-started interpreters** (the portable route, where labkit does not fork;
+  :mod:`labkit.isolation._spare`): :data:`SPARE_BATCH` interpreters import side by side, and each
+  serves exactly one trial; when none is ready, the next batch starts.
+
+Either way a process imports before the trial that asks for it, never while another trial of this
+process is being measured (trials that run side by side measure nothing).
+
+Nothing is left behind: a template or a spare reads from a pipe that only this process holds, so
+when this process ends for any reason (a closed notebook, a restarted kernel, Ctrl-C, a crash,
+SIGKILL) it sees the end of its input, kills every trial it started, removes its folder and exits.
 :func:`shutdown` (also run at exit) ends them sooner.
 """
 
@@ -23,7 +30,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping
 
+from labkit.machine import system
+
 MAX_TEMPLATES = 4  # environments kept warm at once; each holds torch and transformers (~0.5 GB)
+# Pre-started interpreters started together when an environment has none ready: one the first time
+# (an environment asked for once, a single trial, wastes none), then a batch, which imports side by
+# side on as many cores, up to 4.
+SPARE_BATCH = max(2, min(4, os.cpu_count() or 1))
+MAX_SPARES = 4  # idle ones kept at once, all environments together
 # Variables no library reads when it loads, which change from one trial to the next: a trial gets
 # them (its whole environment) after the fork, so they need no template of their own.
 RUN_TIME_ONLY = frozenset({"PYTEST_CURRENT_TEST"})
@@ -141,17 +155,77 @@ class WarmChild:
         return code
 
 
+class Spare:
+    """One pre-started interpreter, for one trial."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self._log = tempfile.TemporaryFile()  # its stderr until its trial starts, read back if it fails
+        self.warming = (time.time(), float("nan"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "labkit.isolation._spare"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=dict(env),
+            **system.current().new_group(),
+        )
+        self._ready = threading.Event()
+        self._said_ready = False
+        threading.Thread(target=self._read, name="labkit-spare-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.strip() == b"ready":
+                self.warming = (self.warming[0], time.time())
+                self._said_ready = True
+                self._ready.set()
+        self._ready.set()  # it ended, or its trial took its output over
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self) -> None:
+        if not self._ready.wait(READY_TIMEOUT) or not self._said_ready or not self.alive:
+            self._log.seek(0)
+            tail = self._log.read().decode(errors="replace").strip().splitlines()[-5:]
+            self.close()
+            raise TemplateFailed("the pre-started interpreter did not start: " + (" | ".join(tail) or "no output"))
+
+    def take(self, folder: Path) -> subprocess.Popen:
+        """Hand it its trial: from here it is that trial's process (its stdin, the trial's lifeline)."""
+        self.proc.stdin.write(f"{folder}\n".encode())
+        self.proc.stdin.flush()
+        self._log.close()
+        return self.proc
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()  # the end of its input: it exits
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
 _templates: OrderedDict[frozenset, Template] = OrderedDict()
+_spares: OrderedDict[frozenset, list[Spare]] = OrderedDict()
+_spare_windows: list[tuple[float, float]] = []
+_spares_used: set[frozenset] = set()  # environments that have had a spare
 _templates_lock = threading.Lock()
 
 
-def start(folder: Path, env: Mapping[str, str]) -> WarmChild:
-    """A trial process for ``folder`` (its ``call.pkl`` written), forked from ``env``'s template.
+def start(folder: Path, env: Mapping[str, str]) -> WarmChild | subprocess.Popen:
+    """A trial process for ``folder`` (its ``call.pkl`` written): forked from ``env``'s template, or
+    a pre-started interpreter of ``env``, by the platform's route.
 
-    The template of an environment is started on first use, here, before the trial: never while
-    another trial of this process is being measured (trials that run side by side measure nothing).
+    A template or a batch of spares is started here, before the trial: never while another trial
+    of this process is being measured (trials that run side by side measure nothing).
     """
     key = frozenset((name, value) for name, value in env.items() if name not in RUN_TIME_ONLY)
+    if system.current().warm == "spares":
+        return _spare(key, env).take(folder)
     with _templates_lock:
         template = _templates.get(key)
         if template is None or not template.alive:
@@ -168,6 +242,33 @@ def start(folder: Path, env: Mapping[str, str]) -> WarmChild:
         raise
 
 
+def _spare(key: frozenset, env: Mapping[str, str]) -> Spare:
+    """A ready spare of ``env``; when there is none, a batch started now, all of it ready before the trial."""
+    with _templates_lock:
+        ready = _spares.setdefault(key, [])
+        ready[:] = [spare for spare in ready if spare.alive]
+        if not ready:
+            size = SPARE_BATCH if key in _spares_used else 1
+            _spares_used.add(key)
+            _evict_spares(room=size)
+            batch = [Spare(env) for _ in range(size)]
+            for spare in batch:
+                spare.wait_ready()
+            _spare_windows.extend(spare.warming for spare in batch)
+            ready.extend(batch)
+        _spares.move_to_end(key)
+        return ready.pop(0)
+
+
+def _evict_spares(room: int) -> None:
+    """End the least recently used environments' idle spares until ``room`` more fit under :data:`MAX_SPARES`."""
+    for key in list(_spares):
+        if sum(map(len, _spares.values())) + room <= MAX_SPARES:
+            return
+        for spare in _spares.pop(key):
+            spare.close()
+
+
 def _evict() -> None:
     """Beyond :data:`MAX_TEMPLATES`, end the least recently used templates that run no trial now
     (ending one kills its trials: a trial running in another thread keeps its template)."""
@@ -177,17 +278,20 @@ def _evict() -> None:
 
 
 def shutdown() -> None:
-    """End every template now (each kills its trials first)."""
+    """End every template (each kills its trials first) and every idle spare now."""
     with _templates_lock:
         while _templates:
             _templates.popitem()[1].close()
+        while _spares:
+            for spare in _spares.popitem()[1]:
+                spare.close()
 
 
 def warming_windows() -> list[tuple[float, float]]:
-    """When each live template imported (wall clock, start and end): for the check that warming never
-    overlaps a measured trial."""
+    """When each live template, and each spare started here, imported (wall clock, start and end): for
+    the check that warming never overlaps a measured trial."""
     with _templates_lock:
-        return [t.warming for t in _templates.values() if t.alive]
+        return [t.warming for t in _templates.values() if t.alive] + list(_spare_windows)
 
 
 def live_templates() -> list[int]:

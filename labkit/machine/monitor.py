@@ -1,11 +1,13 @@
 """A background sampler of what the machine is doing while a trial runs.
 
 One daemon thread wakes every ``interval`` seconds (10 Hz by default) and reads: per-core CPU %
-(``/proc/stat`` deltas, so it never disturbs ``psutil.cpu_percent``'s shared state), and for the
+(``psutil.cpu_times`` deltas, so it never disturbs ``psutil.cpu_percent``'s shared state), and for the
 process tree under ``root`` (by default this process and every descendant; a trial's monitor
 watches the trial's own process and its workers) the CPU seconds, OS threads, context switches
 and RSS; and, through :mod:`labkit.machine.nvml`, each GPU's SM utilisation, memory and power.
-``benchmarks/monitor_overhead.py`` measures what it costs.
+``benchmarks/monitor_overhead.py`` measures what it costs. Processes are read through the platform's
+route (:mod:`labkit.machine.system`); where a reading cannot be had (no per-core CPU, a tree psutil
+cannot read), it says so once and records what it has.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psutil
 
-from labkit.machine import nvml
+from labkit.machine import nvml, system
+from labkit.machine.system import say_once
 
 log = logging.getLogger("labkit")
 REFRESH = 2.0  # seconds between two full searches for descendants (see Monitor._tree)
@@ -64,9 +67,16 @@ class Monitor:
             raise RuntimeError("this monitor is already running")
         if self.gpu:
             self._gpus, self.gpu_note = _open_gpus()
-        self._root = psutil.Process(self.root or os.getpid())
+        self._system = system.current()
+        try:
+            self._root: psutil.Process | None = psutil.Process(self.root or os.getpid())
+        except psutil.Error as exc:  # a trial that already ended, or a process psutil may not read
+            self._root = None
+            if not isinstance(exc, psutil.NoSuchProcess) or psutil.pid_exists(self.root or os.getpid()):
+                say_once(f"the monitor cannot read process {self.root or os.getpid()} ({type(exc).__name__}): "
+                         "no CPU, thread or memory readings of the trial")
         self._t0 = time.monotonic()
-        self._last_cpu = psutil.cpu_times(percpu=True)
+        self._last_cpu = _per_core()
         self._stop.clear()
         self._sample(first=True)  # a trial shorter than one interval still has its start on record
         self._thread = threading.Thread(target=self._run, name="labkit-monitor", daemon=True)
@@ -106,41 +116,42 @@ class Monitor:
     def _tree(self) -> list[psutil.Process]:
         """The watched processes, found two ways.
 
-        Every sample, each known process's main thread lists its direct children
-        (``/proc/PID/task/PID/children``, one small read): a worker forked or spawned by the trial
-        shows up within one tick, so its CPU is not counted late in a single burst. Every
-        ``REFRESH`` seconds a full search (every process's /proc entry, ~1 ms) also catches
-        children started from other threads, and is the only way where that file does not exist.
+        Every sample, each known process lists its direct children (on Linux one small read of
+        ``/proc/PID/task/PID/children``): a worker forked or spawned by the trial shows up within one
+        tick, so its CPU is not counted late in a single burst. Every ``REFRESH`` seconds a full
+        search also catches children started from other threads.
         """
+        if self._root is None:
+            return []
         now = time.monotonic()
         if now - self._found_at >= REFRESH or not self._procs:
             self._found_at = now
             try:
                 found = [self._root, *self._root.children(recursive=True)]
-            except psutil.NoSuchProcess:
+            except psutil.Error:
                 return []
             # Reuse Process objects: creating one per sample costs more than reading it.
             self._procs = {p.pid: self._procs.get(p.pid, p) for p in found}
         else:
             queue = list(self._procs)
             while queue:
-                for child in _direct_children(queue.pop()):
+                for child in self._system.direct_children(queue.pop()):
                     if child not in self._procs:
                         try:
                             self._procs[child] = psutil.Process(child)
-                        except psutil.NoSuchProcess:
+                        except psutil.Error:
                             continue
                         queue.append(child)
         return list(self._procs.values())
 
     def _sample(self, first: bool = False) -> None:
-        now = psutil.cpu_times(percpu=True)
+        now = _per_core()
         # the first reading has no interval behind it: each core's use is not known yet
         percents = tuple(math.nan if first else _busy_percent(a, b) for a, b in zip(self._last_cpu, now))
         self._last_cpu = now
         cpu_s = threads = vol = invol = rss = count = 0
         for proc in self._tree():
-            reading = _read_process(proc)
+            reading = self._system.read_process(proc)
             if reading is None:
                 continue
             cpu_s += reading[0]
@@ -184,48 +195,13 @@ def has_gpu() -> bool:
     return gpus is not None
 
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _direct_children(pid: int) -> list[int]:
+def _per_core() -> list:
+    """Each core's CPU times; none where they cannot be read (said once): the plot shows what it has."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
+        return psutil.cpu_times(percpu=True)
+    except (psutil.Error, OSError) as exc:
+        say_once(f"no per-core CPU readings here ({type(exc).__name__}): the plots show the trial's own CPU only")
         return []
-
-
-def _read_process(proc: psutil.Process) -> tuple[float, int, int, int, int] | None:
-    """(CPU seconds incl. reaped children, threads, voluntary and involuntary switches, RSS bytes).
-
-    On Linux two reads of /proc (stat and status) give all of it; psutil's accessors would
-    open more files and cost about twice as much per process. Elsewhere, psutil.
-    """
-    try:
-        with open(f"/proc/{proc.pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        with open(f"/proc/{proc.pid}/status", "rb") as f:
-            status = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return _read_with_psutil(proc)
-    # fields[0] is the state (field 3 of stat): utime..cstime are fields 14-17, threads 20, rss 24
-    cpu = sum(int(x) for x in fields[11:15]) / _TICKS
-    vol = int(status.split(b"voluntary_ctxt_switches:", 1)[1].split(None, 1)[0])
-    invol = int(status.split(b"nonvoluntary_ctxt_switches:", 1)[1].split(None, 1)[0])
-    return cpu, int(fields[17]), vol, invol, int(fields[21]) * _PAGE
-
-
-def _read_with_psutil(proc: psutil.Process) -> tuple[float, int, int, int, int] | None:
-    try:
-        with proc.oneshot():
-            t, ctx = proc.cpu_times(), proc.num_ctx_switches()
-            cpu = t.user + t.system + t.children_user + t.children_system
-            return cpu, proc.num_threads(), ctx.voluntary, ctx.involuntary, proc.memory_info().rss
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return None
 
 
 def _busy_percent(before, after) -> float:

@@ -15,19 +15,21 @@ spins hard. Those spinning threads steal the cores the other workers need.
 
 Worker processes are forked from the trial process right after its imports, before any thread or
 OpenMP pool exists (checked), so each worker starts clean and cheaply; a spawned worker would pay
-the imports again. The ``tokenizer-deadlock`` scenario shows why that check matters.
+the imports again. The ``tokenizer-deadlock`` scenario shows why that check matters. On the
+portable route (macOS, Windows) they are spawned: each imports for itself before the barrier, and
+only the generation after it is measured.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import psutil
 
+from labkit.machine import system
 from labkit.core.harness import fork_context, together
 from labkit.core.scenario import Knob, Metric, Scenario, positive, register
 from labkit.core.errors import BadInput
@@ -104,22 +106,31 @@ def generation_loop(model, *, batch: int, tokens: int, top_p: float, seed: int, 
     return batch * tokens
 
 
-def _counters() -> tuple[float, float, int]:
-    """(monotonic wall, process CPU seconds, involuntary switches) of this process, all threads."""
-    return time.monotonic(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+def _counters() -> tuple[float, float, int | None]:
+    """(monotonic wall, process CPU seconds, involuntary switches or None) of this process, all threads."""
+    return time.monotonic(), time.process_time(), system.current().own_involuntary_switches()
 
 
-def _measured(work: Callable[[], int]) -> dict[str, float]:
+def _measured(work: Callable[[], int]) -> dict[str, float | None]:
     t0, c0, s0 = _counters()
     done = work()
     t1, c1, s1 = _counters()
-    return {"start": t0, "end": t1, "cpu_s": c1 - c0, "ctx": s1 - s0, "threads": psutil.Process().num_threads(), "tokens": done}
+    return {"start": t0, "end": t1, "cpu_s": c1 - c0, "ctx": None if s0 is None or s1 is None else s1 - s0,
+            "threads": system.current().own_threads(), "tokens": done}
 
 
-def _process_worker(index: int, knobs: dict, setup: Callable[[], Any], barrier, results) -> None:
+def _total(stats: list[dict], key: str, metric: str) -> dict[str, float]:
+    """``{metric: the workers' sum of key}``, or nothing where a worker could not read it (no /proc, say)."""
+    values = [s[key] for s in stats]
+    return {} if None in values else {metric: sum(values)}
+
+
+def _process_worker(index: int, knobs: dict, setup: bytes, barrier, results) -> None:
+    import cloudpickle
+
     from labkit.llm.models import tiny_model
 
-    region = setup()  # sets this worker's thread pools; returns a context factory for the hot loop
+    region = cloudpickle.loads(setup)()  # sets this worker's thread pools; returns a context factory for the hot loop
     model = tiny_model(vocab_size=knobs["vocab"])
     barrier.wait()  # start together, so the wall clock covers one shared busy period
     with region():
@@ -132,7 +143,11 @@ def _in_processes(knobs: dict, setup: Callable[[], Any]) -> list[dict[str, float
 
     ctx = fork_context()  # see the module docstring: nothing but imports has run yet
     barrier, results = ctx.Barrier(knobs["workers"]), ctx.SimpleQueue()
-    procs = [ctx.Process(target=_process_worker, args=(i, knobs, setup, barrier, results)) for i in range(knobs["workers"])]
+    import cloudpickle  # a variant's set-up is a closure: by value, so that a spawned worker gets it too
+
+    setup_by_value = cloudpickle.dumps(setup)
+    procs = [ctx.Process(target=_process_worker, args=(i, knobs, setup_by_value, barrier, results))
+             for i in range(knobs["workers"])]
     for p in procs:
         p.start()
     stats = [results.get() for _ in procs]
@@ -184,8 +199,8 @@ def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: boo
     return {
         "tokens_per_s": tokens / wall,
         "cpu_s_per_token": cpu / tokens,
-        "os_threads": sum(s["threads"] for s in stats),
-        "ctx_involuntary": sum(s["ctx"] for s in stats),
+        **_total(stats, "threads", "os_threads"),
+        **_total(stats, "ctx", "ctx_involuntary"),
         "threads_per_core": knobs["workers"] * intra_op / cores,
         "wall_s": wall,
         **notes,

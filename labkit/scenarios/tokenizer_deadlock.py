@@ -84,13 +84,13 @@ def _serve(start_method: str, workers: int, batch: int, encode_first: bool = Tru
     return {"texts_per_s": len(jobs) * batch / (time.monotonic() - t0)}
 
 
-@deadlock.variant("broken", broken=True, env={"TOKENIZERS_PARALLELISM": "true"})
+@deadlock.variant("broken", broken=True, env={"TOKENIZERS_PARALLELISM": "true"}, needs_fork=True)
 def broken(workers: int, batch: int) -> dict[str, float]:
     """TOKENIZERS_PARALLELISM=true, encode a batch, fork workers that encode: they wait forever."""
     return _serve("fork", workers, batch)
 
 
-@deadlock.variant("no-parallelism", env={"TOKENIZERS_PARALLELISM": "false"})
+@deadlock.variant("no-parallelism", env={"TOKENIZERS_PARALLELISM": "false"}, needs_fork=True)
 def no_parallelism(workers: int, batch: int) -> dict[str, float]:
     """TOKENIZERS_PARALLELISM=false: no Rust pool at all, so there is nothing to lose in the fork."""
     return _serve("fork", workers, batch)
@@ -102,13 +102,13 @@ def spawn(workers: int, batch: int) -> dict[str, float]:
     return _serve("spawn", workers, batch)
 
 
-@deadlock.variant("library-guard", env={"TOKENIZERS_PARALLELISM": None})
+@deadlock.variant("library-guard", env={"TOKENIZERS_PARALLELISM": None}, needs_fork=True)
 def library_guard(workers: int, batch: int) -> dict[str, float]:
     """The variable unset: tokenizers sees the fork and disables its pool in the child (silently in 0.23)."""
     return _serve("fork", workers, batch)
 
 
-@deadlock.variant("pool-after-fork", env={"TOKENIZERS_PARALLELISM": "true"})
+@deadlock.variant("pool-after-fork", env={"TOKENIZERS_PARALLELISM": "true"}, needs_fork=True)
 def pool_after_fork(workers: int, batch: int) -> dict[str, float]:
     """Fork the workers before the trial process encodes anything: each child starts its own pool."""
     return _serve("fork", workers, batch, encode_first=False)

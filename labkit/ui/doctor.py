@@ -99,6 +99,14 @@ def _text(value: Any) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def _reading(read) -> Any:
+    """``read()``, or why it could not be read (psutil with /proc hidden, say)."""
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - a fact that cannot be read is reported, not raised
+        return f"unknown ({type(exc).__name__})"
+
+
 def doctor(workers: int = 1) -> Report:
     """The facts, and the hazards they expose; ``workers``: the worker processes you run, each with
     torch's pool (what the thread-storm judgement multiplies)."""
@@ -106,7 +114,7 @@ def doctor(workers: int = 1) -> Report:
 
     import psutil
 
-    from labkit.machine import nvml
+    from labkit.machine import nvml, system
     from labkit.llm.devices import usable_cores
     from labkit.core.scenario import all_scenarios
     from labkit.llm.upstream import installed
@@ -120,7 +128,8 @@ def doctor(workers: int = 1) -> Report:
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "usable_cores": usable_cores(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "memory_gib": _reading(lambda: round(psutil.virtual_memory().total / 2**30, 1)),
+        **system.describe(),  # the platform's route, how trials start, what is unavailable here
     }
     probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
     if probe.returncode == 0:
