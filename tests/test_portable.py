@@ -47,7 +47,7 @@ def test_a_warm_trial_is_a_pre_started_interpreter_not_a_fork():
 
 
 def test_thread_storm_broken_is_a_storm_not_a_hang():
-    trial = run("thread-storm", "broken", knobs={"tokens": 2}).trials[0]
+    trial = run("thread-storm", "broken", knobs={"tokens": 2, "workers": 2}).trials[0]  # spawned workers: two import
     assert trial.outcome == "ok", (trial.error, trial.stacks)
     assert trial.metrics["threads_per_core"] > 1 and trial.metrics["os_threads"] > 2
 
@@ -59,14 +59,12 @@ def test_the_tokenizer_deadlock_is_hung_with_every_process_stacks():
     assert sum("_encode" in text for text in trial.stacks.values()) == 2
 
 
-def test_the_race_fails_and_the_lock_holds():
-    broken = run("thread-race", "broken", repeats=5, monitor=False)
-    assert sum(t.outcome in ("raised", "wrong") for t in broken.trials) >= 4, [t.outcome for t in broken.trials]
-    assert run("thread-race", "lock", monitor=False).trials[0].outcome == "ok"
+def test_the_race_fails():
+    broken = run("thread-race", "broken", repeats=3, monitor=False)  # 5 of 5 failed on 2026-11-30 (README)
+    assert sum(t.outcome in ("raised", "wrong") for t in broken.trials) >= 2, [t.outcome for t in broken.trials]
 
 
-@pytest.mark.parametrize("scenario", [s.name for s in all_scenarios()
-                                      if s.name not in ("thread-storm", "thread-race", "tokenizer-deadlock")])
+@pytest.mark.parametrize("scenario", [s.name for s in all_scenarios() if s.name not in ("thread-storm", "tokenizer-deadlock")])
 def test_every_other_scenario_is_fixed_by_its_main_fix(scenario):
     scen = next(s for s in all_scenarios() if s.name == scenario)
     trial = run(scen, scen.main_fix, knobs=scen.quick, monitor=False).trials[0]

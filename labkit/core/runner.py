@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from labkit.core import scenario as registry
 from labkit.core.errors import BadInput
 from labkit.core.trial import Trial, TrialSet
-from labkit.isolation.isolated import checked_start, run_isolated
+from labkit.isolation.isolated import checked_start, expect, run_isolated
 from labkit.machine.monitor import Monitor
 
 OnTick = Callable[[Monitor], None]
@@ -62,6 +62,8 @@ def check_repeats(repeats: int) -> None:
 
 def trials(scen: registry.Scenario, plan: Iterable[Planned], options: Options, desc: str) -> Iterator[tuple[Planned, Trial]]:
     """Run the plan in order, one isolated trial at a time (stop iterating to stop running)."""
+    if isinstance(plan, Sequence):  # warm processes for all of it may start together, before the first trial
+        expect([{**scen.get_variant(p.variant).env, **(p.env or {})} for p in plan], options.start)
     for planned in _progress(plan, options.progress, desc):
         yield planned, run_trial(scen, planned, options)
 

@@ -127,12 +127,7 @@ def run_isolated(
     start = checked_start(start)
     with tempfile.TemporaryDirectory(prefix="labkit-trial-") as tmp:
         folder = Path(tmp)
-        child_env = dict(os.environ)
-        for key, value in (env or {}).items():
-            if value is None:
-                child_env.pop(key, None)
-            else:
-                child_env[key] = str(value)
+        child_env = child_environment(env)
         with open(folder / "call.pkl", "wb") as f:
             # The parent's sys.path and working folder travel too, so whatever the parent can
             # import by name (a test module, a notebook's neighbour file) the child can import too.
@@ -162,6 +157,27 @@ def run_isolated(
             return Isolated(Outcome(result["outcome"]), result["error"], seconds, value=result.get("value"),
                             exitcode=proc.returncode, traceback=result.get("traceback"), **common)
         return Isolated(Outcome.CRASHED, _describe_exit(proc.returncode), seconds, exitcode=proc.returncode, **common)
+
+
+def child_environment(env: Mapping[str, str | None] | None) -> dict[str, str]:
+    """This process's environment with ``env`` applied on top (``None`` removes a variable)."""
+    child_env = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = str(value)
+    return child_env
+
+
+def expect(envs: list[Mapping[str, str | None] | None], start: str | None = None) -> None:
+    """Say which trials are coming (each one's ``env``, as :func:`run_isolated` would get it), so that warm
+    processes for all of them can start together, before the first is measured (pre-started interpreters
+    import side by side; a template needs nothing)."""
+    if checked_start(start) == "warm":
+        from labkit.isolation import warm
+
+        warm.expect([child_environment(env) for env in envs])
 
 
 def _launch(folder: Path, env: dict[str, str], start: str):

@@ -5,8 +5,9 @@ Two ways, by the platform's route (:mod:`labkit.machine.system`):
 * **a template that forks** (Linux; :mod:`labkit.isolation._template`): the first trial in an
   environment starts that environment's template (the imports, once), every later one is a fork of it;
 * **pre-started interpreters** (the portable route, where labkit does not fork;
-  :mod:`labkit.isolation._spare`): :data:`SPARE_BATCH` interpreters import side by side, and each
-  serves exactly one trial; when none is ready, the next batch starts.
+  :mod:`labkit.isolation._spare`): one interpreter per expected trial (up to :data:`MAX_SPARES`)
+  imports side by side with the others, and each serves exactly one trial; when none is ready, the
+  next batch starts.
 
 Either way a process imports before the trial that asks for it, never while another trial of this
 process is being measured (trials that run side by side measure nothing).
@@ -33,11 +34,10 @@ from typing import Mapping
 from labkit.machine import system
 
 MAX_TEMPLATES = 4  # environments kept warm at once; each holds torch and transformers (~0.5 GB)
-# Pre-started interpreters started together when an environment has none ready: one the first time
-# (an environment asked for once, a single trial, wastes none), then a batch, which imports side by
-# side on as many cores, up to 4.
-SPARE_BATCH = max(2, min(4, os.cpu_count() or 1))
-MAX_SPARES = 4  # idle ones kept at once, all environments together
+# Pre-started interpreters, all environments together, at most: each holds torch and transformers
+# (~0.3 GB). When an environment has none ready, as many start side by side as trials are expected
+# there (expect()), up to this; one where nothing was said.
+MAX_SPARES = 4
 # Variables no library reads when it loads, which change from one trial to the next: a trial gets
 # them (its whole environment) after the fork, so they need no template of their own.
 RUN_TIME_ONLY = frozenset({"PYTEST_CURRENT_TEST"})
@@ -212,7 +212,7 @@ class Spare:
 _templates: OrderedDict[frozenset, Template] = OrderedDict()
 _spares: OrderedDict[frozenset, list[Spare]] = OrderedDict()
 _spare_windows: list[tuple[float, float]] = []
-_spares_used: set[frozenset] = set()  # environments that have had a spare
+_expected: dict[frozenset, int] = {}  # trials still expected per environment (expect())
 _templates_lock = threading.Lock()
 
 
@@ -223,7 +223,7 @@ def start(folder: Path, env: Mapping[str, str]) -> WarmChild | subprocess.Popen:
     A template or a batch of spares is started here, before the trial: never while another trial
     of this process is being measured (trials that run side by side measure nothing).
     """
-    key = frozenset((name, value) for name, value in env.items() if name not in RUN_TIME_ONLY)
+    key = _key(env)
     if system.current().warm == "spares":
         return _spare(key, env).take(folder)
     with _templates_lock:
@@ -242,14 +242,26 @@ def start(folder: Path, env: Mapping[str, str]) -> WarmChild | subprocess.Popen:
         raise
 
 
+def _key(env: Mapping[str, str]) -> frozenset:
+    return frozenset((name, value) for name, value in env.items() if name not in RUN_TIME_ONLY)
+
+
+def expect(envs: list[Mapping[str, str]]) -> None:
+    """The trials coming next, by environment (replacing what was said before): on the portable route,
+    that many interpreters (up to :data:`MAX_SPARES`) start side by side when the first is asked for."""
+    with _templates_lock:
+        _expected.clear()
+        for env in envs:
+            _expected[_key(env)] = _expected.get(_key(env), 0) + 1
+
+
 def _spare(key: frozenset, env: Mapping[str, str]) -> Spare:
     """A ready spare of ``env``; when there is none, a batch started now, all of it ready before the trial."""
     with _templates_lock:
         ready = _spares.setdefault(key, [])
         ready[:] = [spare for spare in ready if spare.alive]
         if not ready:
-            size = SPARE_BATCH if key in _spares_used else 1
-            _spares_used.add(key)
+            size = max(1, min(_expected.get(key, 1), MAX_SPARES))
             _evict_spares(room=size)
             batch = [Spare(env) for _ in range(size)]
             for spare in batch:
@@ -257,6 +269,8 @@ def _spare(key: frozenset, env: Mapping[str, str]) -> Spare:
             _spare_windows.extend(spare.warming for spare in batch)
             ready.extend(batch)
         _spares.move_to_end(key)
+        if _expected.get(key):
+            _expected[key] -= 1
         return ready.pop(0)
 
 
