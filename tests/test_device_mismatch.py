@@ -1,5 +1,7 @@
 """device-mismatch: accelerate's real dispatch hooks over two devices, with and without skip_keys."""
 
+import re
+
 import pytest
 
 from labkit import BadInput, WrongResult, get, run
@@ -96,6 +98,44 @@ def test_a_run_that_completes_with_a_misplaced_cache_is_wrong(monkeypatch):
     with pytest.raises(WrongResult, match=r"^after step 1, layer 1's cache .* \(planted\)") as caught:
         device_mismatch.skip_keys(**knobs)
     assert caught.value.metrics["steps_completed"] == 3  # every step ran: only the watch saw it
+
+
+def test_on_four_virtual_gpus_broken_fails_in_the_cache_update_and_skip_keys_holds(side_by_side):
+    trials = side_by_side("device-mismatch", ["broken", "skip-keys"], knobs={**QUICK, "gpus": 4})
+    broken, fixed = trials["broken"], trials["skip-keys"]
+    assert broken.outcome == "raised" and broken.metrics["steps_completed"] == 1, broken.error
+    assert re.search(r"found at least two devices, cuda:\d and cuda:\d! \(labkit's virtual GPUs, a stand-in", broken.error)
+    assert "torch.cat" in broken.traceback and broken.notes["misplaced"].startswith("after step 1, layer ")
+    assert (fixed.outcome, fixed.error, fixed.metrics["steps_completed"]) == ("ok", None, 3)  # tokens = a CPU run's
+    assert "stand-in for CUDA's own device check" in fixed.notes["check"]
+    for t in trials.values():  # memory per device, no time from a virtual GPU
+        assert "ms_per_step" not in t.metrics and t.metrics["peak_gpu_mib"] > 0
+        assert {f"peak_mib_cuda{i}" for i in range(4)} <= set(t.metrics) and "accelerate's size" in t.notes["memory"]
+
+
+@pytest.mark.parametrize("memory, device_map, gpu, step", [
+    ("512KiB", "cuda:0,cuda:0,cuda:0,cuda:0,cuda:0,cuda:0,cuda:1", 0, None),  # 0.8 MiB of weights on cuda:0
+    ("700KiB", "cuda:0,cuda:0,cuda:1,cuda:1,cuda:1,cuda:1,cuda:1", 1, 0),  # cuda:1's weights fit, not the prefill
+])
+def test_a_map_that_overflows_a_virtual_gpu_raises_cudas_out_of_memory_there(memory, device_map, gpu, step):
+    import torch
+
+    knobs = get("device-mismatch").knob_values({**QUICK, "gpus": 2, "gpu_memory": memory, "device_map": device_map})
+    with pytest.raises(torch.OutOfMemoryError, match=f"GPU {gpu} has a total capacity of {memory[:3]}.00 KiB") as caught:
+        device_mismatch.skip_keys(**knobs)
+    assert caught.value.metrics.get("steps_completed") == step  # None: while loading the checkpoint
+    assert caught.value.metrics[f"peak_mib_cuda{1 - gpu}"] * 2**20 < int(memory[:3]) * 1024
+
+
+def test_virtual_gpu_settings_are_checked_before_anything_runs():
+    scen = get("device-mismatch")
+    with pytest.raises(BadInput, match="gpus=9 is out of range"):
+        scen.knob_values({"gpus": 9})
+    with pytest.raises(BadInput, match="'lots' is not a size"):
+        scen.knob_values({"gpus": 2, "gpu_memory": "lots"})
+    with pytest.raises(BadInput, match="device 'cuda:3' does not exist with 2 virtual GPUs"):
+        scen.knob_values({"gpus": 2, "device_map": "cuda:0,cuda:0,cuda:1,cuda:1,cuda:1,cuda:1,cuda:3"})
+    assert scen.knob_values({"gpus": 4, "device_map": "cuda:0,cuda:0,cuda:1,cuda:1,cuda:2,cuda:3,cuda:3"})["gpus"] == 4
 
 
 @pytest.mark.gpu

@@ -35,3 +35,21 @@ def test_matches_the_bytes_a_real_cache_holds_after_generate():
 def test_known_configurations(make, per_token):
     assert kv_cache_bytes(make(), batch=1, seq_len=1, dtype="bfloat16") == per_token
     assert kv_cache_bytes(make(), batch=4, seq_len=2048, dtype=torch.float16) == per_token * 4 * 2048
+
+
+@pytest.mark.parametrize("text", ["24GiB", "1.5MiB", "700KiB", "80GB", "500MB", "3KB", "2Gb", "123"])
+def test_sizes_are_read_as_accelerate_reads_max_memory(text):
+    from accelerate.utils import convert_file_size_to_int
+
+    from labkit.llm.memory import parse_size
+
+    assert parse_size(text) == convert_file_size_to_int(int(text) if text.isdigit() else text)
+
+
+@pytest.mark.parametrize("text", ["lots", "-1GiB", "0", ""])
+def test_a_size_that_is_not_one_is_refused(text):
+    from labkit import BadInput
+    from labkit.llm.memory import parse_size
+
+    with pytest.raises(BadInput, match=f"memory {text!r}"):
+        parse_size(text)

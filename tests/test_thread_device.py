@@ -33,6 +33,16 @@ def test_bad_settings_are_refused():
         scen.knob_values({"tokens": 0})
 
 
+def test_on_two_virtual_gpus_broken_raises_the_reports_own_error_and_the_fix_holds(side_by_side):
+    trials = side_by_side("thread-device", ["broken", "explicit-device"], knobs={**QUICK, "gpus": 2})
+    broken, fixed = trials["broken"], trials["explicit-device"]
+    assert broken.outcome == "raised" and broken.metrics["steps_completed"] == 0, broken.error
+    assert "found at least two devices, cuda:0 and cuda:1! (labkit's virtual GPUs" in broken.error
+    assert broken.notes["context"] == "cuda.set_device"  # "cuda" is cuda:1 in the main thread, cuda:0 in the worker
+    assert (fixed.outcome, fixed.error, fixed.metrics["steps_completed"]) == ("ok", None, 3)  # tokens = a CPU run's
+    assert "ms_per_step" not in fixed.metrics and fixed.metrics["peak_mib_cuda1"] > 0
+
+
 @pytest.mark.gpu
 def test_on_gpus_broken_raises_torchs_own_mismatch_and_fixes_match_one_thread():
     t = run("thread-device", "broken", knobs=QUICK, monitor=False).trials[0]

@@ -1,4 +1,4 @@
-"""How much memory a KV cache needs, from the model's config alone (no weights, no GPU).
+"""How much memory a KV cache needs, from the model's config alone (no weights, no GPU); sizes as text.
 
 A serving engine that checks this before generating can shrink or refuse a request on every rank
 at once, instead of one rank failing mid-generation while its peers wait for it (``oom-hang``).
@@ -32,6 +32,43 @@ def cache_held_bytes(cache: Any) -> int:
     from labkit.llm.upstream import cache_tensors
 
     return sum(t.numel() * t.element_size() for pair in cache_tensors(cache) for t in pair)
+
+
+# The units accelerate's ``max_memory`` takes (``convert_file_size_to_int``): binary with an i, decimal without.
+_UNITS = {"GIB": 2**30, "MIB": 2**20, "KIB": 2**10, "GB": 10**9, "MB": 10**6, "KB": 10**3}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``"24GiB"``, ``"500MB"``, ``"1024"`` or an int, read as accelerate reads ``max_memory``.
+
+    Written here rather than imported: a knob is checked in the parent process, which should not
+    import accelerate (and torch) for it; ``tests/test_memory.py`` holds it to accelerate's parser.
+    """
+    from labkit.core.errors import BadInput
+
+    bad = f"memory {text!r} is not a size; give e.g. 24GiB, 512MiB, 80GB or a number of bytes"
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        raw = str(text).strip()
+        unit = next((u for u in _UNITS if raw.upper().endswith(u)), None)
+        try:
+            value = int(raw) if unit is None else int(float(raw[:-len(unit)]) * _UNITS[unit])
+            if unit in ("GB", "MB", "KB") and raw.endswith("b"):
+                value //= 8  # "Gb": bits, as accelerate reads them
+        except ValueError:
+            raise BadInput(bad) from None
+    if value <= 0:
+        raise BadInput(f"memory {text!r} must be more than 0 bytes")
+    return value
+
+
+def size_text(n: int) -> str:
+    """Bytes as torch's memory messages write them: ``20.00 MiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
 
 
 def _itemsize(dtype: Any) -> int:

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
-from labkit.machine.system import System, Tree
+from labkit.machine.system_base import System, Tree
 
 PROC = Path("/proc")
 STACK_SIGNAL = signal.SIGUSR1

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import psutil
 
-from labkit.machine.system import System, Tree, say_once
+from labkit.machine.system_base import System, Tree, say_once
 
 POLL = 0.05  # seconds between two looks for a stacks request
 _ERRORS = (psutil.Error, OSError)

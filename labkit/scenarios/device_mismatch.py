@@ -25,20 +25,32 @@ trials call the two themselves to name the main device, which it cannot: acceler
 in a map as offload (weights kept on the CPU, run on the main device) unless the CPU *is* the main
 device. With the ``meta`` device (no GPU), nothing can be read into meta, so the meta rows are read
 to the CPU and dispatch puts them on meta.
+
+With ``gpus=N`` (``--set gpus=4``) the trial runs on N virtual GPUs, on any machine
+(:mod:`labkit.llm.virtual_gpus`): accelerate plans the map over them (``get_balanced_memory``,
+``infer_auto_device_map`` with ``gpu_memory`` each), loads and dispatches into them, and its hooks and
+transformers' forward move and join the tensors as on N real GPUs; the failure is the report's, a
+``torch.cat`` of ``cuda:i`` and ``cuda:j`` in the cache update. Real: every line of accelerate and
+transformers, the hooks, the cache, which tensors meet where, the values (the tokens are checked
+against a one-device CPU run). The stand-in: the device check that raises torch's message (CUDA's own
+is in its kernels, which a CPU build lacks; the message says so) and the memory count, whose peak per
+device is reported next to accelerate's own sizes of the weights the map puts there. No time per step
+is reported on virtual GPUs: every op ran on the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from labkit.core.errors import BadInput, WrongResult
 from labkit.core.harness import metrics_on_failure, same_as_reference
 from labkit.core.scenario import Knob, Scenario, register
 from labkit.llm import upstream
 from labkit.llm.decoding import STEP_METRICS
-from labkit.llm.devices import device_pair, devices_knob
+from labkit.llm.devices import PEAK, STAND_IN, checked_pair, devices_knob, gpu_knobs
 from labkit.llm.models import TINY, checked_model
 
 
@@ -50,12 +62,16 @@ def _model_path(path: str) -> str:
 
 
 def _check(knobs: dict[str, Any]) -> None:
-    """An edited map is checked against the model's rows before any trial starts."""
+    """The devices, and an edited map against the model's rows, are checked before any trial starts
+    (among the virtual GPUs with gpus=N)."""
+    if knobs["devices"] != "auto":  # auto always fits, and asking this machine's CUDA here is not wanted
+        checked_pair(knobs)
     if knobs["device_map"] != "balanced":
         from labkit.llm.device_maps import empty_model, parse_map
         from labkit.llm.models import tiny_config
 
-        parse_map(knobs["device_map"], empty_model(tiny_config() if knobs["model"] == TINY else knobs["model"]))
+        parse_map(knobs["device_map"], empty_model(tiny_config() if knobs["model"] == TINY else knobs["model"]),
+                  gpus=knobs["gpus"] or None)
 
 
 mismatch = register(
@@ -74,8 +90,9 @@ mismatch = register(
                  "embeddings, each layer, norm, head"),
             Knob("tokens", 6, "decoding steps; the failure is on the 2nd", low=2, high=64),
             Knob("model", TINY, "'tiny' or a local checkpoint folder laid out like Llama/Qwen", validate=_model_path),
+            *gpu_knobs(),
         ),
-        metrics=STEP_METRICS,
+        metrics=(*STEP_METRICS, PEAK),
         main_fix="skip-keys",
         timeout=120.0,
         quick={"tokens": 3},
@@ -109,15 +126,23 @@ def legacy_cache_forward(model) -> None:
     model.forward = forward
 
 
-def dispatched(checkpoint: str, device_map_spec: str, pair, skip_keys: bool):
-    """The accelerate flow of seed 001: empty weights, a planned map, load, dispatch."""
+def dispatched(checkpoint: str, device_map_spec: str, pair, skip_keys: bool, gpus=None,
+               sizes: dict[str, int] | None = None):
+    """The accelerate flow of seed 001: empty weights, a planned map, load, dispatch. ``gpus``: the open
+    virtual GPUs, over which a balanced map is planned; ``sizes`` is filled, before loading, with
+    accelerate's own size of the weights the map puts on each device."""
     from accelerate import dispatch_model, load_checkpoint_in_model
 
-    from labkit.llm.device_maps import quiet, balanced_map, empty_model, parse_map
+    from labkit.llm.device_maps import quiet, balanced_map, empty_model, parse_map, planned_bytes, virtual_map
 
     model = empty_model(checkpoint)
-    device_map = balanced_map(model, pair) if device_map_spec == "balanced" else parse_map(device_map_spec, model)
+    if device_map_spec != "balanced":
+        device_map = parse_map(device_map_spec, model, gpus=gpus.n if gpus else None)
+    else:
+        device_map = virtual_map(model, gpus.n, gpus.capacity) if gpus else balanced_map(model, pair)
     main = device_map[next(m for m in device_map if m.endswith("embed_tokens"))]
+    if sizes is not None:
+        sizes.update(planned_bytes(model, device_map))
     legacy_cache_forward(model)
     readable = {m: ("cpu" if d == "meta" else d) for m, d in device_map.items()}  # nothing can be read into meta
     load_checkpoint_in_model(model, checkpoint, device_map=readable)
@@ -165,38 +190,70 @@ def check_cache_placement(past, device_map: dict[str, str], main: str) -> None:
             raise WrongResult(f"layer {i}'s cache is on {keys.device}, but the map runs layer {i} on {want}")
 
 
+def _devices_note(knobs: dict[str, Any], pair, gpus) -> str:
+    if gpus is not None:
+        from labkit.llm.memory import size_text
+
+        return (f"{gpus.n} virtual GPUs of {size_text(gpus.capacity)} each (cuda:0..{gpus.n - 1}: labkit's stand-in for "
+                "CUDA's device check and memory; accelerate's and transformers' own code)")
+    return f"{pair} ({pair.why})" if knobs["device_map"] == "balanced" else "a map given row by row"
+
+
+def memory_notes(gpus, planned: dict[str, int]) -> dict[str, Any]:
+    """Each virtual GPU's peak (a metric each) next to accelerate's own size of the weights the map put there."""
+    from labkit.llm.memory import size_text
+
+    memory = "; ".join(f"{m.device} peak {size_text(m.peak)} (accelerate's size of its weights: "
+                       f"{size_text(planned.get(m.device, 0))})" for m in gpus.memory())
+    return {**gpus.peaks(), "memory": memory}
+
+
+@contextlib.contextmanager
+def _noting_memory(gpus, notes: dict[str, Any], planned: dict[str, int]) -> Iterator[None]:
+    """On virtual GPUs, each device's peak joins the notes when the block ends, failed or not."""
+    try:
+        yield
+    finally:
+        if gpus is not None:
+            notes.update(memory_notes(gpus, planned))
+
+
 def _trial(knobs: dict[str, Any], skip_keys: bool) -> dict[str, Any]:
     import torch
 
     from labkit.llm.decoding import corpus_prompt, decode_by_hand, measured_decode
     from labkit.llm.device_maps import describe
     from labkit.llm.models import save_tiny
+    from labkit.llm.virtual_gpus import trial_gpus
 
-    pair = device_pair(knobs["devices"])
     steps = knobs["tokens"]
     prompt, feed = corpus_prompt(steps=steps)
-    with tempfile.TemporaryDirectory(prefix="labkit-checkpoint-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="labkit-checkpoint-") as tmp, trial_gpus(knobs) as gpus:
+        pair = checked_pair(knobs)
         checkpoint = str(save_tiny(tmp)) if knobs["model"] == TINY else knobs["model"]
-        model, device_map, main = dispatched(checkpoint, knobs["device_map"], pair, skip_keys)
-        placement_only = "meta" in device_map.values()
-        notes = {
-            "devices": f"{pair} ({pair.why})" if knobs["device_map"] == "balanced"
-            else f"{' + '.join(dict.fromkeys(device_map.values()))} (a map given row by row)",
-            "map": describe(device_map, model),
-            "check": "placement: every cache tensor where the map runs its layer (meta holds no numbers)"
-            if placement_only else "placement, and the tokens against a one-device run",
-        }
+        notes: dict[str, Any] = {"devices": _devices_note(knobs, pair, gpus)}
+        planned: dict[str, int] = {}
+        with metrics_on_failure(notes), _noting_memory(gpus, notes, planned):
+            model, device_map, main = dispatched(checkpoint, knobs["device_map"], pair, skip_keys, gpus, planned)
+            placement_only = "meta" in device_map.values()
+            notes["map"] = describe(device_map, model)
+            notes["check"] = ("placement: every cache tensor where the map runs its layer (meta holds no numbers)"
+                              if placement_only else "placement, and the tokens against a one-device run")
+            if gpus is not None:
+                notes["check"] += (f"; a device error is raised by {STAND_IN}; which tensors meet where is "
+                                   "accelerate's and transformers' own doing")
 
-        def watch(step: int, past) -> None:
-            """Note the first misplaced cache, and go on: the next step fails as it would unwatched."""
-            if "misplaced" not in notes:
-                try:
-                    check_cache_placement(past, device_map, main)
-                except WrongResult as exc:
-                    notes["misplaced"] = f"after step {step}, {exc}"
+            def watch(step: int, past) -> None:
+                """Note the first misplaced cache, and go on: the next step fails as it would unwatched."""
+                if "misplaced" not in notes:
+                    try:
+                        check_cache_placement(past, device_map, main)
+                    except WrongResult as exc:
+                        notes["misplaced"] = f"after step {step}, {exc}"
 
-        with metrics_on_failure(notes):
             tokens, metrics = measured_decode(model, torch.tensor([prompt], device=main), steps, feed, watch)
+        if gpus is not None:
+            del metrics["ms_per_step"]  # every op ran on the CPU: no GPU's time
         metrics = {**metrics, **notes}
         if "misplaced" in notes:  # every step ran although a cache was in the wrong place
             raise WrongResult(notes["misplaced"], metrics)

@@ -15,6 +15,15 @@ the worker: the report's own error. With one GPU the model goes to ``cuda:0`` un
 the embedding's meta kernel checks no devices (CPU ids in, meta out, and all after it is meta), so
 :func:`labkit.llm.devices.placement_check` (forward pre-hooks) is what raises there, naming the
 tensors: a placement check, labelled as such in each result.
+
+With ``gpus=N`` (``--set gpus=2``) the trial runs on N virtual GPUs on any machine
+(:mod:`labkit.llm.virtual_gpus`), and makes the choices it makes on N real ones: with two, the
+context is ``torch.cuda.set_device(1)`` and the worker's ``"cuda"`` is ``cuda:0``, the report's own
+``cuda:0 and cuda:1``. Real: the model, transformers' forward, the threads, and torch's own per-thread
+default device (``set_default_device``, ``with torch.device``). Stand-ins: the current CUDA device
+of each thread (``torch.cuda.set_device`` and ``current_device``, kept per thread as the CUDA runtime
+keeps it: a new thread starts on device 0), the device check that raises torch's message (the
+message says so), and the memory count. No time per step is reported on virtual GPUs.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from labkit.core.errors import BadInput
 from labkit.core.harness import metrics_on_failure, same_as_reference
 from labkit.core.scenario import Knob, Scenario, register
 from labkit.llm.decoding import STEP_METRICS
-from labkit.llm.devices import device_pair, devices_knob
+from labkit.llm.devices import PEAK, STAND_IN, checked_pair, devices_knob, gpu_knobs
 from labkit.llm.models import model_knobs
 
 CONTEXTS = ("auto", "set_default_device", "torch.device", "cuda.set_device")
@@ -45,7 +54,7 @@ def _context(pair, how: str) -> str:
 def _check(knobs: dict[str, Any]) -> None:
     """A context that cannot work with the pair is refused before any trial starts."""
     if knobs["context"] != "auto" or knobs["devices"] != "auto":  # auto with auto always fits
-        _context(device_pair(knobs["devices"]), knobs["context"])
+        _context(checked_pair(knobs), knobs["context"])
 
 
 threaded = register(
@@ -63,8 +72,9 @@ threaded = register(
             Knob("context", "auto", "how the main thread sets its device", choices=CONTEXTS),
             Knob("tokens", 6, "decoding steps", low=1, high=64),
             *model_knobs("made under the main thread's context, decoded in a worker"),
+            *gpu_knobs(),
         ),
-        metrics=STEP_METRICS,
+        metrics=(*STEP_METRICS, PEAK),
         main_fix="explicit-device",
         timeout=90.0,
         quick={"tokens": 3},
@@ -86,14 +96,32 @@ def device_context(how: str, device: str):
     return contextlib.nullcontext()
 
 
-class _Setup:
-    """What every variant of one trial shares: the devices, the context, the prompt, the notes."""
+class _Setup(contextlib.ExitStack):
+    """What every variant of one trial shares: the devices (virtual GPUs open while it is entered, with
+    gpus=N), the context, the prompt, the notes."""
 
     def __init__(self, knobs: dict[str, Any]):
+        super().__init__()
+        self.knobs = knobs
+
+    def __enter__(self) -> "_Setup":
+        from labkit.llm.virtual_gpus import trial_gpus
+
+        super().__enter__()
+        knobs = self.knobs
+        self.gpus = self.enter_context(trial_gpus(knobs))
+        try:
+            self._prepare(knobs)
+        except BaseException:
+            self.close()  # the virtual GPUs, if open, close with it
+            raise
+        return self
+
+    def _prepare(self, knobs: dict[str, Any]) -> None:
         from labkit.llm.decoding import corpus_prompt
         from labkit.llm.models import prompt_ids
 
-        self.pair = device_pair(knobs["devices"])
+        self.pair = checked_pair(knobs)
         self.how = _context(self.pair, knobs["context"])
         self.steps = knobs["tokens"]
         self.model, self.trust = knobs["model"], knobs["trust_remote_code"]
@@ -106,6 +134,10 @@ class _Setup:
             "check": "placement: labkit's pre-hooks, since the embedding's meta kernel checks no devices"
             if self.pair.placement_only else "torch's own device checks, and the tokens against a one-thread CPU run",
         }
+        if self.gpus is not None:
+            self.notes["check"] = (f"a device error is raised by {STAND_IN}; the current CUDA device per thread is "
+                                   "labkit's too (as CUDA keeps it: a new thread starts on 0); the tokens against a "
+                                   "one-thread CPU run")
 
     def new_model(self):
         """The model, made where this thread's default device is (its weights copied in)."""
@@ -133,6 +165,9 @@ class _Setup:
 
         with metrics_on_failure(self.notes), ThreadPoolExecutor(1, thread_name_prefix="generator") as pool:
             tokens, metrics = pool.submit(in_worker).result()
+        if self.gpus is not None:
+            del metrics["ms_per_step"]  # every op ran on the CPU: no GPU's time
+            metrics.update(self.gpus.peaks())
         metrics = {**metrics, **self.notes}
         if not self.pair.placement_only:
             # named "cpu": this (main) thread's default device may be the context's by now
@@ -159,11 +194,11 @@ def broken(**knobs: Any) -> dict[str, Any]:
     """Model made under the main thread's device context; the worker's ids land on its own default device."""
     import torch
 
-    setup = _Setup(knobs)
-    with metrics_on_failure(setup.notes):
-        model, _ = setup.under_context()  # in this, the main thread
-    # in the worker: this thread's own default device, not the main thread's
-    return setup.decode_in_worker(lambda: (model, torch.tensor([setup.prompt], device=setup.unqualified)))
+    with _Setup(knobs) as setup:
+        with metrics_on_failure(setup.notes):
+            model, _ = setup.under_context()  # in this, the main thread
+        # in the worker: this thread's own default device, not the main thread's
+        return setup.decode_in_worker(lambda: (model, torch.tensor([setup.prompt], device=setup.unqualified)))
 
 
 @threaded.variant("explicit-device")
@@ -171,13 +206,13 @@ def explicit_device(**knobs: Any) -> dict[str, Any]:
     """Name the device index everywhere (model.to("cuda:1"), tensors with device="cuda:1"): no context needed."""
     import torch
 
-    setup = _Setup(knobs)
-    where = setup.pair.second
-    return setup.decode_in_worker(lambda: (setup.new_model().to(where), torch.tensor([setup.prompt], device=where)))
+    with _Setup(knobs) as setup:
+        where = setup.pair.second
+        return setup.decode_in_worker(lambda: (setup.new_model().to(where), torch.tensor([setup.prompt], device=where)))
 
 
 @threaded.variant("same-thread")
 def same_thread(**knobs: Any) -> dict[str, Any]:
     """Enter the context, make the model and its inputs, and generate, all in the worker thread."""
-    setup = _Setup(knobs)
-    return setup.decode_in_worker(setup.under_context)
+    with _Setup(knobs) as setup:
+        return setup.decode_in_worker(setup.under_context)

@@ -9,7 +9,9 @@
 #   can silently switch a fix off;
 # * that PyTorch's default device and current CUDA device belong to a **thread**, not to the process;
 # * that since torch 2.12 `torch.compile`'s settings do too, and what that does to a compiled server;
-# * a check that names the tensors on the wrong device, for your own code.
+# * a check that names the tensors on the wrong device, for your own code;
+# * how to dry-run a device map on 2, 4 or 8 **virtual GPUs** on a laptop: its failure, its fix, and how
+#   full each GPU gets, next to accelerate's own estimate.
 #
 # ## The reports
 #
@@ -32,7 +34,8 @@
 # (`cuda:0 + cuda:1`), or one GPU and the CPU, or with no GPU the CPU and the **meta** device, which every
 # PyTorch build has. A meta tensor has a shape and a device but no data: a run over `cpu + meta` is a
 # **placement check** (every step completes with every tensor where the map puts it), not a numeric run.
-# Cells that need a GPU say so and do nothing without one.
+# With `gpus=N` the same scenarios run on N **virtual GPUs** instead, on any machine (section 1 shows how,
+# and what they cannot show). Cells that need a real GPU say so and do nothing without one.
 
 # %%
 from concurrent.futures import ThreadPoolExecutor
@@ -180,19 +183,159 @@ print(fixed.notes["check"])
 print("skip-keys:", fixed.outcome, "| steps:", int(fixed.metrics["steps_completed"]))
 
 # %% [markdown]
+# ### Four GPUs on this machine: virtual GPUs
+#
+# The reports' machines had several GPUs. `gpus=4` runs the same trial on four **virtual GPUs**, `cuda:0` to
+# `cuda:3`, on any machine, this one included: accelerate's own loader, `dispatch_model` and hooks, and
+# transformers' own forward and cache, run on them unchanged. A CPU build of torch cannot make a CUDA
+# tensor, so labkit stands in for three things (`labkit.llm.virtual_gpus`): a tensor that says `cuda:k` and
+# keeps its values on the CPU, the **device check** (CUDA's own is inside its kernels; labkit's raises torch's
+# words and says, in the message, that it is the stand-in), and the driver's answers (device count, the
+# current device of each thread, memory). Which tensor meets which, where, and when the cache moves is the
+# libraries' own doing.
+#
+# Here the map is given row by row, so that all four GPUs hold a part: the embeddings and layer 0 on
+# `cuda:0`, layers 1 and 2 on `cuda:1`, layer 3 on `cuda:2`, the norm and the head on `cuda:3`.
+
+# %%
+four_gpus = {**mismatch.quick, "gpus": 4, "device_map": "cuda:0,cuda:0,cuda:1,cuda:1,cuda:2,cuda:3,cuda:3"}
+on_four = {v: labkit.run(mismatch, v, knobs=four_gpus, monitor=False).trials[0] for v in mismatch.variants}
+print("map:", on_four["broken"].notes["map"])
+print("broken:", on_four["broken"].error)
+print("where:", on_four["broken"].notes["misplaced"])
+pd.DataFrame({v: {"outcome": t.outcome, "steps": t.metrics["steps_completed"],
+                  **{f"cuda:{i} peak MiB": round(t.metrics[f"peak_mib_cuda{i}"], 3) for i in range(4)}}
+              for v, t in on_four.items()}).T  # no time: every op of a virtual GPU runs on the CPU
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("broken:", on_four["broken"].outcome, "after", int(on_four["broken"].metrics["steps_completed"]), "step(s);",
+      "cuda:0 and cuda:1 named:", "cuda:0 and cuda:1!" in on_four["broken"].error, "| skip-keys:", on_four["skip-keys"].outcome)
+
+# %% [markdown]
+# The same `torch.cat` in transformers' cache update fails, on step 2, as on the reports' GPUs; the fix
+# decodes every step, and its tokens are those of a one-device CPU run. The table shows each GPU's peak
+# memory and no time: every op of a virtual GPU runs on the CPU, so no time measured there is a GPU's.
+#
+# ### Your own model and map: `labkit.virtual_gpus`
+#
+# The same, for your own code: inside `with labkit.virtual_gpus(4, memory="24GiB")`, code written for
+# four GPUs runs as it is. Here, transformers' `from_pretrained(..., device_map="auto")` plans the map with
+# accelerate, loads and dispatches, and `generate` runs; afterwards each GPU's memory, and the tokens
+# against the same model on the CPU.
+
+# %%
+from transformers import AutoModelForCausalLM
+
+prompt = torch.tensor([[5, 6, 7, 8]])
+with tempfile.TemporaryDirectory(prefix="labkit-nb02-") as folder:
+    checkpoint = str(save_tiny(folder))
+    with labkit.virtual_gpus(4, memory="24GiB") as gpus:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, device_map="auto")  # your code, unchanged
+        out = model.generate(prompt.to("cuda:0"), max_new_tokens=8, do_sample=False)
+        print("transformers' map:", model.hf_device_map)
+        print("tokens:", out.tolist(), "on", out.device)
+    on_cpu = AutoModelForCausalLM.from_pretrained(checkpoint).generate(prompt, max_new_tokens=8, do_sample=False)
+pd.DataFrame(gpus.memory())
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("GPUs holding weights:", sorted(set(model.hf_device_map.values())), "| the CPU's tokens:", torch.equal(out.cpu(), on_cpu))
+
+# %% [markdown]
+# ### How full is each GPU, next to accelerate's estimate
+#
+# `labkit.llm.device_maps.map_memory` plans a map (here accelerate's balanced plan over four virtual GPUs of
+# 24 GiB), loads, dispatches and generates, and reads each GPU's memory through `torch.cuda`'s own
+# statistics. Beside it, accelerate's numbers: `planned` is its size of the weights the map puts on each
+# GPU (`compute_module_sizes`, what `infer_auto_device_map` weighs against `max_memory`), and their total is
+# what `accelerate estimate-memory` reports for inference (`calculate_maximum_sizes`).
+
+# %%
+from accelerate.utils import calculate_maximum_sizes
+
+from labkit.llm.device_maps import empty_model, map_memory
+
+with tempfile.TemporaryDirectory(prefix="labkit-nb02-") as folder:
+    checkpoint = str(save_tiny(folder))
+    per_gpu = pd.DataFrame(map_memory(checkpoint, gpus=4, memory="24GiB", new_tokens=32)).set_index("device")
+    total, largest = calculate_maximum_sizes(empty_model(checkpoint))
+kib = (per_gpu / 1024).round(1)
+kib["peak - planned"] = kib["peak"] - kib["planned"]
+print(f"accelerate estimate-memory: total {total / 1024:.1f} KiB, largest layer {largest[0] / 1024:.1f} KiB")
+kib
+
+# %%
+from IPython.display import Markdown
+
+used = per_gpu[per_gpu["planned"] > 0]
+empty = [d for d in per_gpu.index if per_gpu.loc[d, "planned"] == 0]
+Markdown((f"accelerate's plan left {', '.join(f'`{d}`' for d in empty)} without weights: on the first GPU it keeps "
+          f"room for the largest layer ({largest[0] / 1024:.1f} KiB) in case weights are offloaded, and with this tiny "
+          f"model that room takes the first GPU's whole balanced share. " if empty else "")
+         + f"Where the map put weights, the virtual GPUs held {(used['loaded'] - used['planned']).sum() / 1024:.1f} KiB "
+         f"more than accelerate's sizes once loaded (each tensor is rounded up to 512 bytes, as CUDA's allocator "
+         f"rounds it: a norm's 64 floats take a whole block), and at their peaks "
+         f"{(used['peak'] - used['planned']).sum() / 1024:.1f} KiB more: the KV cache "
+         f"({used['kv_cache'].sum() / 1024:.1f} KiB at the end) and the activations, which accelerate's plan does not "
+         f"count. Plan with room for them: a `max_memory` below each GPU's size.")
+
+# %% [markdown]
+# On a real GPU more differs: the CUDA context and cuBLAS's workspace take memory no tensor of the model
+# holds, attention kernels allocate their own scratch, and the caching allocator reserves more than it
+# allocates. The GPU-only cell below sets the virtual numbers against a real GPU's.
+
+# %%
+if torch.cuda.is_available() and torch.version.cuda is not None:
+    with tempfile.TemporaryDirectory(prefix="labkit-nb02-") as folder:
+        checkpoint, one_gpu = str(save_tiny(folder)), ",".join(["cuda:0"] * 7)
+        both = [*map_memory(checkpoint, one_gpu, gpus=1), *map_memory(checkpoint, one_gpu, real=True)[:1]]
+    display(pd.DataFrame(both, index=["virtual cuda:0", "real cuda:0"]))
+else:
+    print("no GPU here: the comparison with a real GPU needs one (tests/test_virtual_gpus.py, marker gpu)")
+
+# %% [markdown]
+# ### Too full: CUDA's out-of-memory, on the GPU that overflows
+#
+# Each virtual GPU has a capacity (`gpu_memory`). A tensor that would not fit raises torch's
+# `OutOfMemoryError` in CUDA's words, naming the GPU, at the op that allocates it. Below, two virtual GPUs
+# of `700KiB`: the second holds layers 1 to 3, the norm and the head. Its weights fit; the first forward's
+# activations do not.
+
+# %%
+too_full = {**mismatch.quick, "gpus": 2, "gpu_memory": "700KiB", "device_map": "cuda:0,cuda:0,cuda:1,cuda:1,cuda:1,cuda:1,cuda:1"}
+oom = labkit.run(mismatch, "skip-keys", knobs=too_full, monitor=False).trials[0]
+print(oom.error)
+print(oom.notes["memory"])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(oom.outcome, "|", oom.error.split(":")[0], "| on GPU 1:", "GPU 1 has a total capacity" in oom.error,
+      "| steps completed:", int(oom.metrics["steps_completed"]))
+
+# %% [markdown]
+# ### What a virtual GPU cannot show
+#
+# Everything that happens inside CUDA: its kernels (their own checks, numerics and errors), streams and the
+# races between them, NCCL and anything between processes, the CUDA context and cuBLAS workspaces, memory
+# reserved but not allocated and fragmentation, and speed. Every op runs on the CPU behind a Python call, so
+# no time is reported from a virtual GPU. What it shows is what the libraries' own code does with several
+# devices: where each tensor goes, which meet, and how much each device holds.
+#
 # ### Play: edit the device map
 #
-# A row per part of the model, each with its device. **balanced** fills the rows from accelerate's
-# planner for this machine's pair; tick `skip_keys` for the fix; press Run. Each run adds a row to the
-# table. Try: move the split later or earlier; leave a row blank; put a row back on the CPU after a meta
-# row (nothing comes back from meta, so that map is refused with a message). On a GPU machine the
-# dropdowns list every `cuda:N`; note that accelerate treats `cpu` behind a GPU main device as
+# A row per part of the model, each with its device. **GPUs** picks this machine's devices or 1 to 8
+# virtual GPUs (four here), `gpu_memory` their size; **balanced** fills the rows from accelerate's planner;
+# tick `skip_keys` for the fix; press Run. Each run adds a row to the table. Try: move the split later or
+# earlier; put every row on one GPU; shrink `gpu_memory` until a run fails; leave a row blank. With this
+# machine's devices and no GPU, put a row back on the CPU after a meta row (nothing comes back from meta, so
+# that map is refused with a message). Note that accelerate treats `cpu` behind a GPU main device as
 # *offload* (weights kept on the CPU, run on the GPU), so such a map never fails.
 
 # %%
 from labkit import device_map_panel
 
-device_map_panel()
+device_map_panel(gpus=4)
 
 # %% [markdown]
 # ## 2. The device belongs to the thread
@@ -278,15 +421,35 @@ else:
     print(f"{torch.cuda.device_count()} GPU(s) here: needs two")
 
 # %% [markdown]
+# ### On two virtual GPUs, on any machine
+#
+# With `gpus=2` the trial makes the choice it makes on two real GPUs: the main thread calls
+# `torch.cuda.set_device(1)`, so `"cuda"` is `cuda:1` there and `cuda:0` in the worker. The current CUDA
+# device of each thread is labkit's stand-in here (kept per thread, as the CUDA runtime keeps it: a new
+# thread starts on device 0), and so is the check that raises; the threads, the model and its forward are
+# real.
+
+# %%
+t_virtual = {v: labkit.run(threaded, v, knobs={**threaded.quick, "gpus": 2}, monitor=False).trials[0]
+             for v in ("broken", "explicit-device")}
+print(t_virtual["broken"].error)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("the report's devices:", "cuda:0 and cuda:1!" in t_virtual["broken"].error, "| explicit-device:",
+      t_virtual["explicit-device"].outcome)
+
+# %% [markdown]
 # ### Play
 #
 # `devices` is `auto` or two devices `A,B` (A: where a new thread's tensors land, `cpu` or `cuda:0`; B: the
-# context's device); `context` is how the main thread sets it.
+# context's device); `context` is how the main thread sets it; `gpus` runs it on that many virtual GPUs
+# (0: this machine's devices).
 
 # %%
 from labkit import panel
 
-panel("thread-device", knobs=["devices", "context", "tokens"])
+panel("thread-device", knobs=["devices", "context", "tokens", "gpus"])
 
 # %% [markdown]
 # ### Exercise
@@ -294,6 +457,8 @@ panel("thread-device", knobs=["devices", "context", "tokens"])
 # 1. In the device-map panel, press **balanced**, then move the split one layer earlier and run `broken`
 #    and then with `skip_keys`. Does the failing step change?
 # 2. Put every row on the same device and run without `skip_keys`. What happens, and why?
+# 3. With two virtual GPUs, put every row but the head on `cuda:0`, tick `skip_keys`, and lower `gpu_memory`
+#    until a run fails. Which GPU fails, and does it fail while loading or while decoding?
 #
 # <details><summary>Solution</summary>
 #
@@ -301,6 +466,9 @@ panel("thread-device", knobs=["devices", "context", "tokens"])
 #    moved cache. `skip_keys` fixes every split.
 # 2. It runs clean: with one device the top hook moves the cache to where it already is. The bug needs a
 #    model split over two devices, which is why it hides on a one-GPU test machine.
+# 3. `cuda:0`, which holds most of the weights: first while decoding (its weights fit, the activations of
+#    the first forward do not, `steps_completed` 0), then, smaller still, while loading (no step at all).
+#    accelerate's plan would not have warned: it counts weights only.
 #
 # </details>
 #
@@ -397,32 +565,9 @@ print({v: (t.outcome, int(t.metrics["graphs"]), int(t.metrics["shapes_uncompiled
 # * Make tensors in the thread that uses them, or name the device index everywhere (`"cuda:1"`, never a
 #   bare `"cuda"` that means another GPU in another thread).
 # * Where two devices meet, check before the op: `labkit.check_same_device(**tensors)` names each tensor.
+# * Before renting a multi-GPU machine, dry-run your map on virtual GPUs: `with labkit.virtual_gpus(4,
+#   memory="80GiB") as gpus:` around your own loading and `generate`, then `gpus.memory()`. It shows where
+#   tensors meet and how full each GPU gets, not how fast it will be.
 # * `torch._dynamo.config` set in the main thread does not reach a thread pool (torch 2.12 and later): set
 #   it in each serving thread, or run the work in `contextvars.copy_context()`; better, mark the dynamic
 #   dimensions so that fewer graphs are needed.
-
-# %% [markdown]
-# ## Appendix, not done: a virtual multi-GPU dry run
-#
-# For the curious; nothing above depends on it.
-#
-# PyTorch's `FakeTensorMode` fakes `cuda:0` and `cuda:1` tensors on a CPU-only build and raises the real
-# mismatch error. (On a CUDA build it checks device numbers against the GPUs there: with one GPU, seen on
-# an H100, it says `CUDA error: invalid device ordinal` instead. So this cell's output is not checked;
-# `tests/test_devices.py` checks it on CPU-only builds.)
-
-# %%
-from torch._subclasses.fake_tensor import FakeTensorMode
-
-with FakeTensorMode():
-    try:
-        torch.cat([torch.empty(2, device="cuda:0"), torch.empty(2, device="cuda:1")])
-    except RuntimeError as exc:
-        print(exc)
-
-# %% [markdown]
-# How far the whole model gets (torch 2.13 CPU build, accelerate 1.15): `dispatch_model` places the tiny
-# model's weights on fake `cuda:0` and `cuda:1` (map keys must be `"cuda:N"` strings: an integer key asks
-# the CPU build for a CUDA device), and the first forward stops in Qwen3's rotary embedding, where
-# indexing a fake CUDA tensor reaches CUDA code: `PyTorch is not linked with support for cuda devices`.
-# So a device map of N GPUs cannot yet be dry-run on a laptop with labkit.
