@@ -7,7 +7,7 @@ The package, by folder:
 * ``isolation/``: one process per trial (forked from a warm template, or a fresh interpreter),
   timeouts and stillness, stacks of a hang, nothing left behind.
 * ``machine/``: what the machine is and does: the CPU/GPU monitor, NVML, the releases installed.
-* ``llm/``: the model side: the tiny model, devices and device maps, decoding by hand, KV-cache
+* ``llm/``: the model side: the tiny model, devices and device maps, virtual GPUs, decoding by hand, KV-cache
   sizes, the names borrowed from transformers and accelerate, the Qwen-1 rotary stand-in, a module
   that keeps no state between calls.
 * ``scenarios/``: one module per failure mode, its broken variant and its fixes; found by listing
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from labkit.llm.memory import cache_held_bytes, kv_cache_bytes
     from labkit.llm.models import save_random, save_tiny, tiny_model
     from labkit.llm.thread_safety import ThreadSafety, check_thread_safety
+    from labkit.llm.virtual_gpus import virtual_gpus
     from labkit.ui.code import Code, show_code, variant_code, variant_diff
     from labkit.ui.doctor import doctor
     from labkit.machine.monitor import Monitor
@@ -61,6 +62,7 @@ _WHERE = {
     "cache_held_bytes": "llm.memory", "kv_cache_bytes": "llm.memory",
     "save_random": "llm.models", "save_tiny": "llm.models", "tiny_model": "llm.models",
     "ThreadSafety": "llm.thread_safety", "check_thread_safety": "llm.thread_safety",
+    "virtual_gpus": "llm.virtual_gpus",
     "Code": "ui.code", "show_code": "ui.code", "variant_code": "ui.code", "variant_diff": "ui.code",
     "doctor": "ui.doctor",
     "Monitor": "machine.monitor",

@@ -162,3 +162,11 @@ def test_a_hung_trials_figure_marks_its_start_up_and_the_stillness_that_called_i
     assert "no CPU: every thread blocked" in labels
     assert "no GPU: CPU only" in [t.get_text() for t in fig.texts]
     assert not any("GPU" in ax.get_title(loc="left") for ax in fig.axes)  # no empty GPU panel
+
+
+def test_a_trial_that_ended_before_the_monitor_looked_is_no_error():
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # reaped: its pid names no process
+    mon = Monitor(interval=0.05, gpu=False, root=ended.pid).start()
+    mon.stop()
+    assert mon.samples == [] and mon.to_frame().empty

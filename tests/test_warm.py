@@ -1,6 +1,7 @@
 """Warm trials: forked from a template that has imported everything, with every isolation guarantee kept."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,16 +52,40 @@ def blas_after_fork():
     with threadpool_limits(2, user_api="blas"):
         x = numpy.ones((600, 600))
         total = float((x @ x).sum())
-    return {"sum": total, "blas_pools": float(len([p for p in threadpool_info() if p["user_api"] == "blas"]))}
+    return {"sum": total, "blas_pools": float(len([p for p in threadpool_info() if p["user_api"] == "blas"])),
+            "template": float(os.getppid())}
 
 
 def test_openblas_works_in_a_trial_forked_from_a_template_that_runs_its_thread():
-    template = warm.live_templates() or [run_isolated(threads_and_seeds, timeout=60).value["parent"]]
-    threads = len(os.listdir(f"/proc/{int(template[0])}/task"))
     r = run_isolated(blas_after_fork, timeout=60, idle=5)
     assert r.outcome == "ok", (r.error, r.stacks)
     assert r.value["sum"] == 600.0 ** 3
-    assert threads >= 1  # two on these builds: the main thread and OpenBLAS's server, parked
+    template = [r.value["template"]]
+    # Exactly one thread once it has forked: OpenBLAS stopped its server threads in its fork handler and
+    # would start them again only at the template's next BLAS call, which never comes. (Before its first
+    # fork it runs those too: the self-check below counts them.)
+    assert len(os.listdir(f"/proc/{int(template[0])}/task")) == 1
+
+
+SELF_CHECK = textwrap.dedent("""
+    import threading
+    from labkit.isolation._child import warm_imports_without_cuda
+    from labkit.isolation._template import check_self
+    warm_imports_without_cuda()
+    print(check_self())
+    threading.Thread(target=threading.Event().wait, daemon=True).start()  # one thread more than a template may run
+    print(check_self())
+""")
+
+
+def test_the_template_checks_its_own_threads_after_its_imports():
+    from threadpoolctl import threadpool_info
+
+    expected = 1 + sum(p["num_threads"] - 1 for p in threadpool_info() if p["internal_api"] == "openblas")
+    done = subprocess.run([sys.executable, "-c", SELF_CHECK], capture_output=True, text=True, timeout=120)
+    clean, extra = done.stdout.strip().splitlines()
+    assert clean == "None", done.stderr
+    assert extra.startswith(f"it runs {expected + 1} OS threads after its imports where it should run {expected}")
 
 
 def timed_import_free():
@@ -275,3 +300,89 @@ def test_no_template_imports_while_a_trial_of_a_comparison_is_measured(monkeypat
     assert len(warmed) == 2 and len(trials) == 4  # both environments warmed here, every trial measured
     overlapping = [(w, t) for w in warmed for t in trials if w[0] < t[1] and t[0] < w[1]]
     assert overlapping == []
+
+
+def ran(flag: str):
+    Path(flag).write_text("ran")
+    return {}
+
+
+class Stop(Exception):
+    pass
+
+
+def test_stop_while_a_warm_process_starts_runs_no_trial(tmp_path):
+    """A panel's Stop is heard while the environment's template imports: no trial starts then or later."""
+    env = {"LABKIT_TEST_ENV": f"stop-{os.getpid()}-{time.monotonic()}"}  # an environment with no template yet
+    waits = []
+
+    def stop(*_):
+        waits.append(warm.starting())
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_isolated(ran, {"flag": str(tmp_path / "first")}, timeout=60, env=env, on_tick=stop)
+    assert waits and waits[0].startswith("starting a warm process for this environment, about ")
+    again = run_isolated(ran, {"flag": str(tmp_path / "second")}, timeout=60, env=env)  # the template went on importing
+    assert again.outcome == "ok" and (tmp_path / "second").exists() and not (tmp_path / "first").exists()
+
+
+def test_loading_a_model_in_the_kernel_starts_no_second_warm_process(monkeypatch):
+    """Loading a model sets TORCHINDUCTOR_CACHE_DIR in this process: a variable only the run-time sets."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    before = run_isolated(threads_and_seeds, timeout=60)
+    import torch
+
+    from labkit.llm.models import tiny_model
+
+    tiny_model()(input_ids=torch.tensor([[1, 2, 3]]))  # what a notebook does
+    assert "TORCHINDUCTOR_CACHE_DIR" in os.environ
+    after = run_isolated(threads_and_seeds, timeout=60)
+    assert after.value["parent"] == before.value["parent"]  # the same template
+
+
+def test_a_child_that_fails_before_its_first_line_shows_its_traceback(tmp_path, monkeypatch):
+    """Its function's module is gone by the time the trial loads it: the trial could not start, and says why."""
+    (tmp_path / "vanishing_module.py").write_text("def call():\n    return {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import vanishing_module
+
+    (tmp_path / "vanishing_module.py").unlink()
+    for start in ("warm", "fresh"):
+        r = run_isolated(vanishing_module.call, timeout=60, start=start)
+        assert r.outcome == "crashed" and r.error.startswith("the trial could not start: ModuleNotFoundError"), r.error
+        assert "Traceback" in r.traceback and "cloudpickle" in r.traceback
+
+
+EDITED = textwrap.dedent("""
+    from labkit.core.scenario import Metric, Scenario, register
+
+    VERSION = 1
+    edited = register(Scenario(name="test-edited", summary="a scenario edited in a running kernel",
+                               metrics=(Metric("version", "1"),)))
+
+
+    @edited.variant("v", broken=True)
+    def v():
+        return {"version": float(VERSION)}
+""")
+
+EDITS = textwrap.dedent("""
+    import pathlib, sys
+    from labkit import run
+    source = pathlib.Path(sys.argv[1])
+    print(run("test-edited", "v", monitor=False).trials[0].metrics["version"], flush=True)
+    source.write_text(source.read_text().replace("VERSION = 1", "VERSION = 2"))
+    print(run("test-edited", "v", monitor=False).trials[0].metrics["version"], flush=True)
+""")
+
+
+def test_a_scenario_edited_between_two_runs_runs_its_new_code(tmp_path):
+    """A contributor edits a scenario while a kernel runs: the template imported the old code, so the
+    next trial gets a new template (a copy of labkit here, so that the real one stays untouched)."""
+    copy = tmp_path / "labkit"
+    shutil.copytree(Path(warm.SOURCES), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "scenarios" / "test_edited.py").write_text(EDITED)
+    done = subprocess.run([sys.executable, "-c", EDITS, str(copy / "scenarios" / "test_edited.py")], capture_output=True,
+                          text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert done.stdout.split() == ["1.0", "2.0"], done.stderr[-3000:]

@@ -56,6 +56,18 @@ def test_an_invalid_device_map_is_a_message_and_nothing_runs():
     assert "no device for layer 2; every row needs one" in runner.status.value
 
 
+def test_the_device_map_panel_offers_virtual_gpus_and_plans_over_them():
+    box = device_map_panel(gpus=4)
+    assert box.controls["head"].options == ("", "cpu", "cuda:0", "cuda:1", "cuda:2", "cuda:3", "meta")
+    assert {box.controls[row].value for row in ("embeddings", "layer 2", "head")} <= {"cuda:0", "cuda:1", "cuda:2", "cuda:3"}
+    assert "'gpus': 4, 'gpu_memory': '24GiB'" in box._repr_mimebundle_()["text/plain"]  # what Run runs
+    box.controls["gpus"].value = 2  # accelerate plans again, over two
+    assert box.controls["head"].options[-2:] == ("cuda:1", "meta") and box.controls["embeddings"].value == "cuda:0"
+    box.controls["gpu_memory"].value = "lots"
+    box.controls["balanced"].click()
+    assert "memory &#x27;lots&#x27; is not a size" in box.runner.status.value and box.runner.thread is None
+
+
 def test_a_missing_gpu_is_said_once_quietly_in_the_panel_not_as_a_warning(cheap, monkeypatch, caplog):
     """A stderr warning in every panel reads as an error on every laptop without a GPU."""
     monkeypatch.setattr(nvml, "open_gpus", lambda: (None, "no GPU here (test)"))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from labkit.core.errors import BadInput
+from labkit.core.hazard import Rule
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,16 @@ class Variant:
                            "has no os.fork: run it on Linux, macOS or WSL 2")
 
 
+@dataclass(frozen=True)
+class Lesson:
+    """A row of the notebooks' cheat-sheet: a failure mode as a workshop takes it home (markdown)."""
+
+    failure_mode: str  # its name there ("thread race on model state"); the notebook's number is added
+    shows: str  # what the user sees
+    mechanism: str  # why it happens
+    fix: str  # the fixes, in a line
+
+
 @dataclass
 class Scenario:
     """A failure mode with its broken variant and its fixes, side by side."""
@@ -105,6 +116,7 @@ class Scenario:
     summary: str
     source: str = ""  # the report it comes from (seed file, upstream issue)
     notebook: str = ""  # the notebook that teaches it (scenarios are listed in that order)
+    section: int = 0  # its numbered section there ("## 2. ..."), 0 where the notebook is all its own; orders them
     confirmed_on: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # library -> release series seen on
     confirmed_setup: str = ""  # what it was seen on besides releases (machines, devices)
     knobs: tuple[Knob, ...] = ()
@@ -121,10 +133,17 @@ class Scenario:
     variants: dict[str, Variant] = field(default_factory=dict)
     # Checks that need several knobs at once (a device map against its model); raises BadInput.
     check: Callable[[dict[str, Any]], None] | None = None
+    # Whether a machine is exposed, judged from `labkit doctor`'s facts; None where no fact can show it.
+    hazard: Rule | None = None
+    # What the tables print (`labkit list --markdown`, in the README and the notebooks' README), in markdown:
+    details: str = ""  # the README's "the failure": the summary told in full (the summary where empty)
+    your_model: str = ""  # what `--set model=...` changes, where the scenario takes the user's model
+    lessons: tuple[Lesson, ...] = ()  # its rows of the cheat-sheet
 
     def __post_init__(self) -> None:
         self.knobs = tuple(self.knobs)
         self.metrics = tuple(self.metrics)
+        self.lessons = tuple(self.lessons)
 
     def variant(self, name: str, *, broken: bool = False, env: Mapping[str, str | None] | None = None,
                 expect: str = "ok", needs_fork: bool = False):
@@ -194,7 +213,8 @@ def _load_builtins() -> None:
 
 def all_scenarios() -> list[Scenario]:
     _load_builtins()
-    return sorted(_REGISTRY.values(), key=lambda s: s.notebook or "~")  # stable: a user's own come last
+    # In the order they are taught, whatever order they were imported in; stable: a user's own come last.
+    return sorted(_REGISTRY.values(), key=lambda s: (s.notebook or "~", s.section))
 
 
 def get(name: str | Scenario) -> Scenario:

@@ -33,7 +33,7 @@ class Sweep:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def table(self, metric: str) -> pd.DataFrame:
-        """Median, min, max and outcome counts of ``metric`` per (variant, knob values)."""
+        """Median, min, max and outcome counts of ``metric`` per (variant, knob values), from ok trials."""
         rows = []
         for run in self.runs:
             values = run.values(metric)
@@ -64,9 +64,9 @@ def sweep(
     options = Options(timeout, start, monitor, None, progress)
     grid = {name: tuple(values) for name, values in grid.items()}
     plan = []
-    for combo in itertools.product(*grid.values()):  # variants interleaved at each point
+    for combo in itertools.product(*grid.values()):  # at each point, variants interleaved: A B A B, not A A B B
         values = scen.knob_values({**(knobs or {}), **dict(zip(grid, combo))})
-        plan += [Planned(v, values, i, env(values) if env else None) for v in variants for i in range(repeats)]
+        plan += [Planned(v, values, i, env(values) if env else None) for i in range(repeats) for v in variants]
     runs: dict[tuple, TrialSet] = {}
     for planned, trial in trials(scen, plan, options, f"sweep {scen.name}"):
         key = (planned.variant, *(planned.knobs[k] for k in grid))

@@ -114,8 +114,20 @@ class TrialSet:
         """This set with one more trial (a new object: results are never changed in place)."""
         return replace(self, trials=(*self.trials, trial))
 
-    def values(self, metric: str) -> list[float]:
-        return [t.metrics[metric] for t in self.trials if t.metrics.get(metric) is not None]
+    def measured(self, metric: str, *, failed: bool = False) -> dict[int, float]:
+        """``{trial index: value}`` of ``metric``: from trials that returned ("ok") unless ``failed``.
+
+        A trial that raised, hung or came back wrong keeps what it measured on itself (``metrics``),
+        but a partial run's numbers (tokens/s up to the step that failed) are not the variant's
+        speed: medians and ratios leave them out unless asked for.
+        """
+        return {t.index: t.metrics[metric] for t in self.trials
+                if t.metrics.get(metric) is not None and (failed or t.outcome == "ok")}
+
+    def values(self, metric: str, *, failed: bool = False) -> list[float]:
+        """The values of ``metric`` in trial order: ok trials only unless ``failed`` (see :meth:`measured`)."""
+        return [t.metrics[metric] for t in self.trials
+                if t.metrics.get(metric) is not None and (failed or t.outcome == "ok")]
 
     @property
     def summary(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from labkit.isolation._child import NVML_CHECK, main, warm_imports_without_cuda
-from labkit.machine.system_linux import fork, kill_group
+from labkit.machine.system_linux import LinuxSystem, fork, kill_group, maps_library
 
 
 def _become_trial(folder: Path, selector: selectors.BaseSelector, wakeup: tuple[int, int], drop: tuple[str, ...]) -> None:
@@ -67,12 +67,29 @@ def _become_trial(folder: Path, selector: selectors.BaseSelector, wakeup: tuple[
         os._exit(70)  # main() leaves with os._exit(0); getting here means it could not start
 
 
+def check_self() -> str | None:
+    """Why forking this process would not be safe, or None. After the imports it must run exactly the
+    threads it is known to run: its main thread and OpenBLAS's servers (one fewer than each OpenBLAS
+    pool's size, as threadpoolctl reports it; OpenBLAS stops them in its own fork handler). Any other
+    thread could hold a lock that a forked trial would wait for forever. And no CUDA driver may be
+    loaded (``torch.cuda.is_initialized()`` misses one loaded by a device count's fallback)."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    expected = 1 + sum(pool["num_threads"] - 1 for pool in threadpool_info() if pool["internal_api"] == "openblas")
+    threads = LinuxSystem().own_threads()
+    if threads is not None and threads != expected:
+        return f"it runs {threads} OS threads after its imports where it should run {expected} (its own and OpenBLAS's)"
+    if torch.cuda.is_initialized() or maps_library("libcuda.so"):
+        return "the CUDA driver is loaded: a trial forked from here could not use CUDA"
+    return None
+
+
 def serve() -> None:
     added = warm_imports_without_cuda()
-    import torch
-
-    if torch.cuda.is_initialized():
-        raise RuntimeError("CUDA was initialised while importing: a trial forked from here could not use it")
+    if (unsafe := check_self()) is not None:
+        print(f"unsafe {unsafe}", flush=True)  # the parent starts this environment's trials fresh
+        return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd)

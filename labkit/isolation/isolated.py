@@ -122,7 +122,9 @@ def run_isolated(
     process group has been still that long. ``start`` is ``"warm"`` or ``"fresh"`` (default:
     ``LABKIT_START``, else warm). ``on_start`` gets the child's pid as soon as it exists (a
     monitor watches that process tree). ``on_tick`` runs in this thread every ``tick`` seconds
-    while the child runs, which is how a notebook redraws a live plot without a second thread.
+    while the child runs, which is how a notebook redraws a live plot without a second thread; it also
+    runs while a warm process for this environment starts, and what it raises then (a panel's Stop)
+    ends the call before any trial starts.
     """
     start = checked_start(start)
     with tempfile.TemporaryDirectory(prefix="labkit-trial-") as tmp:
@@ -135,7 +137,7 @@ def run_isolated(
                          "fn": cloudpickle.dumps((fn, dict(kwargs or {})))}, f)
         (folder / "output.txt").touch()
         asked = time.monotonic()
-        proc = _launch(folder, child_env, start)
+        proc, start = _launch(folder, child_env, start, on_tick)
         tree = system.current().tree(proc.pid)
         stacks: dict[int, str] = {}
         try:
@@ -180,17 +182,22 @@ def expect(envs: list[Mapping[str, str | None] | None], start: str | None = None
         warm.expect([child_environment(env) for env in envs])
 
 
-def _launch(folder: Path, env: dict[str, str], start: str):
-    """The child: a fork of the environment's warm template, or a fresh interpreter."""
+def _launch(folder: Path, env: dict[str, str], start: str, on_wait: Callable[[], None] | None):
+    """The child, and how it started: from the environment's warm process, or a fresh interpreter (asked
+    for, or where the template found itself unsafe to fork). ``on_wait`` runs while a warm process starts."""
     if start == "warm":
         from labkit.isolation import warm
 
-        return warm.start(folder, env)
+        try:
+            return warm.start(folder, env, on_wait), "warm"
+        except warm.TemplateUnsafe as exc:
+            say_once(f"the warm template failed its self-check ({exc}): trials start fresh")
+            start = "fresh"
     with open(folder / "output.txt", "ab") as out:  # stdin: its lifeline (see labkit.isolation._child)
         return subprocess.Popen(
             [sys.executable, "-m", "labkit.isolation._child", str(folder), "--lifeline"],
             stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env, **system.current().new_group(),
-        )
+        ), start
 
 
 def _wait(proc, tree: Tree, started: Path, asked: float, timeout: float, idle: float | None, on_tick, tick: float):

@@ -10,7 +10,14 @@ Two ways, by the platform's route (:mod:`labkit.machine.system`):
   next batch starts.
 
 Either way a process imports before the trial that asks for it, never while another trial of this
-process is being measured (trials that run side by side measure nothing).
+process is being measured (trials that run side by side measure nothing); while it does,
+:func:`starting` says so, and the caller's ``on_wait`` runs every quarter second (a panel's Stop is
+heard there, and no trial starts).
+
+What a laptop can afford: at most :data:`MAX_TEMPLATES` templates and :data:`MAX_SPARES` spares are
+kept, the least recently used idle ones go first, and any idle for :data:`IDLE_LIFETIME` seconds
+ends. A warm process whose labkit sources changed on disk after its imports (a scenario edited or
+added in a running kernel) is not used again: the next trial gets a new one, with the new code.
 
 Nothing is left behind: a template or a spare reads from a pipe that only this process holds, so
 when this process ends for any reason (a closed notebook, a restarted kernel, Ctrl-C, a crash,
@@ -21,6 +28,7 @@ SIGKILL) it sees the end of its input, kills every trial it started, removes its
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import subprocess
 import sys
@@ -29,95 +37,101 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from labkit.machine import system
 
-MAX_TEMPLATES = 4  # environments kept warm at once; each holds torch and transformers (~0.5 GB)
-# Pre-started interpreters, all environments together, at most: each holds torch and transformers
-# (~0.3 GB). When an environment has none ready, as many start side by side as trials are expected
-# there (expect()), up to this; one where nothing was said.
+MAX_TEMPLATES = 2  # environments kept warm at once; each template holds torch and transformers (~0.25 GB)
+# Pre-started interpreters, all environments together, at most (~0.25 GB each). When an environment
+# has none ready, as many start side by side as trials are expected there (expect()), up to this.
 MAX_SPARES = 4
-# Variables no library reads when it loads, which change from one trial to the next: a trial gets
-# them (its whole environment) after the fork, so they need no template of their own.
-RUN_TIME_ONLY = frozenset({"PYTEST_CURRENT_TEST"})
-READY_TIMEOUT = 300.0  # seconds a template may take to import everything
+IDLE_LIFETIME = 600.0  # seconds an idle warm process is kept
+# Variables that no library reads when it loads, and that the run-time sets or changes as it goes (a
+# model loaded in a notebook sets TORCHINDUCTOR_CACHE_DIR; CUDA's first use sets CUDA_MODULE_LOADING):
+# a trial gets them (its whole environment) after it starts, so they need no warm process of their own.
+RUN_TIME_ONLY = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "CUDA_MODULE_LOADING"})
+READY_TIMEOUT = 300.0  # seconds a warm process may take to import everything
+FORK_TIMEOUT = 30.0  # seconds a template may take to answer a fork request
+TICK = 0.25
+SOURCES = Path(__file__).resolve().parent.parent  # labkit's own code: a change there makes warm processes stale
+
+OnWait = Callable[[], None]
+log = logging.getLogger("labkit.warm")  # the command line shows its INFO lines: what a trial waits for
 
 
 class TemplateFailed(RuntimeError):
-    """The template could not start (its imports failed): its output says why."""
+    """A warm process could not start (its imports failed): its output says why."""
 
 
-class Template:
-    """One warm process for one environment."""
+class TemplateUnsafe(RuntimeError):
+    """The template's self-check found it unsafe to fork (:func:`labkit.isolation._template.check_self`)."""
 
-    def __init__(self, env: Mapping[str, str]):
-        self._log = tempfile.TemporaryFile()  # the template's own stderr, read back if it fails to start
+
+class _Warm:
+    """A process that imports what trials need, says ``ready``, then serves (a template) or becomes one trial (a spare)."""
+
+    what = "warm process"
+
+    def __init__(self, module: str, env: Mapping[str, str], **popen):
+        self._log = tempfile.TemporaryFile()  # its own stderr, read back if it fails to start
         self.warming = (time.time(), float("nan"))  # wall-clock start and end of its imports
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labkit.isolation._template"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            env=dict(env), start_new_session=True, text=True, bufsize=1,
-        )
-        self._lock = threading.Lock()  # one fork request at a time
-        self._changed = threading.Condition()
-        self._forked: dict[str, int] = {}
-        self._exits: dict[int, int] = {}
-        self._ready = threading.Event()  # set when the template said "ready", or ended without saying it
-        self._said_ready = False
-        self.busy = 0  # trials asked for and not yet ended (under the module's lock and this one's)
-        self._reader = threading.Thread(target=self._read, name="labkit-template-reader", daemon=True)
-        self._reader.start()
-        if not self._ready.wait(READY_TIMEOUT) or not self._said_ready:
-            self._log.seek(0)
-            tail = self._log.read().decode(errors="replace").strip().splitlines()[-5:]
-            self.close()
-            raise TemplateFailed("the warm template did not start: " + (" | ".join(tail) or "no output"))
+        self.last_used = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, env=dict(env), **popen)
+        self._ready = threading.Event()  # set at "ready", or when it ended without saying it
+        self._unsafe: str | None = None
+        threading.Thread(target=self._read, name=f"labkit-{self.what.split()[-1]}-reader", daemon=True).start()
 
     def _read(self) -> None:
-        for line in self.proc.stdout:
-            kind, _, rest = line.rstrip("\n").partition(" ")
-            with self._changed:
-                if kind == "ready":
-                    self.warming = (self.warming[0], time.time())
-                    self._said_ready = True
-                    self._ready.set()
-                elif kind == "forked":
-                    folder, _, pid = rest.rpartition(" ")
-                    self._forked[folder] = int(pid)
-                elif kind == "exit":
-                    pid, _, status = rest.partition(" ")
-                    self._exits[int(pid)] = int(status)
-                    self.busy -= 1
-                self._changed.notify_all()
-        with self._changed:  # the template ended: nothing more will come
-            self._changed.notify_all()
+        for raw in self.proc.stdout:
+            kind, _, rest = (raw.decode() if isinstance(raw, bytes) else raw).rstrip("\n").partition(" ")
+            if kind == "ready":
+                self.warming = (self.warming[0], time.time())
+                self._ready.set()
+            elif kind == "unsafe":
+                self._unsafe = rest
+            else:
+                self._line(kind, rest)
+        self._ended()
         self._ready.set()
+
+    def _line(self, kind: str, rest: str) -> None:
+        """A line after ``ready`` (a template's fork and exit reports)."""
+
+    def _ended(self) -> None:
+        """Its output ended: it exited, or (a spare) its trial took its output over."""
 
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def fork(self, folder: Path) -> "WarmChild":
-        key = str(folder)
-        with self._lock:
-            self.proc.stdin.write(key + "\n")
-            self.proc.stdin.flush()
-            with self._changed:
-                self._changed.wait_for(lambda: key in self._forked or not self.alive, timeout=30)
-                pid = self._forked.pop(key, None)
-        if pid is None:
-            raise TemplateFailed("the warm template did not fork a trial")
-        return WarmChild(pid, self)
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.alive and self._unsafe is None
 
-    def exit_status(self, pid: int, timeout: float | None) -> int | None:
-        """The trial's ``waitpid`` status once it has ended, waiting up to ``timeout`` seconds."""
-        with self._changed:
-            self._changed.wait_for(lambda: pid in self._exits or not self.alive, timeout=timeout)
-            return self._exits.pop(pid, None) if pid in self._exits else None
+    def wait_ready(self, on_wait: OnWait | None) -> None:
+        """Wait for its imports, calling ``on_wait`` every :data:`TICK` (which may raise to give up: the
+        process goes on importing for the next trial)."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self._ready.wait(TICK):
+            if on_wait is not None:
+                on_wait()
+            if time.monotonic() > deadline:
+                break
+        if self._unsafe is not None:
+            raise TemplateUnsafe(self._unsafe)
+        if not self.ready:
+            self._log.seek(0)
+            tail = self._log.read().decode(errors="replace").strip().splitlines()[-5:]
+            self.close()
+            raise TemplateFailed(f"the {self.what} did not start: " + (" | ".join(tail) or "no output"))
+
+    def stale(self, newest_source: float) -> bool:
+        """Whether labkit's code changed on disk after this process imported it."""
+        return newest_source > self.warming[0]
 
     def close(self) -> None:
-        """End the template: closing its input is the signal; it kills its trials and exits."""
+        """End it: closing its input is the signal; it kills its trials and exits."""
         try:
             self.proc.stdin.close()
         except OSError:
@@ -128,6 +142,68 @@ class Template:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+class Template(_Warm):
+    """One warm process for one environment, forking a trial per request."""
+
+    what = "warm template"
+
+    def __init__(self, env: Mapping[str, str]):
+        self._lock = threading.Lock()  # one fork request at a time
+        self._changed = threading.Condition()
+        self._forked: dict[str, int] = {}
+        self._exits: dict[int, int] = {}
+        self._abandoned: set[str] = set()  # fork requests that timed out: a late child is killed at once
+        self._uncounted: set[int] = set()  # such children, whose exit must not count in busy
+        self.busy = 0  # trials asked for and not yet ended (under the module's lock and this one's)
+        super().__init__("labkit.isolation._template", env, text=True, bufsize=1, start_new_session=True)
+
+    def _line(self, kind: str, rest: str) -> None:
+        with self._changed:
+            if kind == "forked":
+                folder, _, pid = rest.rpartition(" ")
+                if folder in self._abandoned:  # asked for long ago, given up on: end it, it must not run
+                    self._abandoned.discard(folder)
+                    self._uncounted.add(int(pid))
+                    from labkit.machine.system_linux import kill_group
+
+                    kill_group(int(pid))
+                else:
+                    self._forked[folder] = int(pid)
+            elif kind == "exit":
+                pid, _, status = rest.partition(" ")
+                self._exits[int(pid)] = int(status)
+                if int(pid) in self._uncounted:
+                    self._uncounted.discard(int(pid))
+                else:
+                    self.busy -= 1
+                self.last_used = time.monotonic()
+            self._changed.notify_all()
+
+    def _ended(self) -> None:
+        with self._changed:  # the template ended: nothing more will come
+            self._changed.notify_all()
+
+    def fork(self, folder: Path) -> "WarmChild":
+        key = str(folder)
+        with self._lock:
+            self.proc.stdin.write(key + "\n")
+            self.proc.stdin.flush()
+            with self._changed:
+                self._changed.wait_for(lambda: key in self._forked or not self.alive, timeout=FORK_TIMEOUT)
+                pid = self._forked.pop(key, None)
+                if pid is None:
+                    self._abandoned.add(key)
+        if pid is None:
+            raise TemplateFailed(f"the warm template did not fork a trial within {FORK_TIMEOUT:g} s")
+        return WarmChild(pid, self)
+
+    def exit_status(self, pid: int, timeout: float | None) -> int | None:
+        """The trial's ``waitpid`` status once it has ended, waiting up to ``timeout`` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: pid in self._exits or not self.alive, timeout=timeout)
+            return self._exits.pop(pid, None) if pid in self._exits else None
 
 
 class WarmChild:
@@ -155,39 +231,13 @@ class WarmChild:
         return code
 
 
-class Spare:
+class Spare(_Warm):
     """One pre-started interpreter, for one trial."""
 
+    what = "pre-started interpreter"
+
     def __init__(self, env: Mapping[str, str]):
-        self._log = tempfile.TemporaryFile()  # its stderr until its trial starts, read back if it fails
-        self.warming = (time.time(), float("nan"))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labkit.isolation._spare"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=dict(env),
-            **system.current().new_group(),
-        )
-        self._ready = threading.Event()
-        self._said_ready = False
-        threading.Thread(target=self._read, name="labkit-spare-reader", daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            if line.strip() == b"ready":
-                self.warming = (self.warming[0], time.time())
-                self._said_ready = True
-                self._ready.set()
-        self._ready.set()  # it ended, or its trial took its output over
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_ready(self) -> None:
-        if not self._ready.wait(READY_TIMEOUT) or not self._said_ready or not self.alive:
-            self._log.seek(0)
-            tail = self._log.read().decode(errors="replace").strip().splitlines()[-5:]
-            self.close()
-            raise TemplateFailed("the pre-started interpreter did not start: " + (" | ".join(tail) or "no output"))
+        super().__init__("labkit.isolation._spare", env, **system.current().new_group())
 
     def take(self, folder: Path) -> subprocess.Popen:
         """Hand it its trial: from here it is that trial's process (its stdin, the trial's lifeline)."""
@@ -196,41 +246,46 @@ class Spare:
         self._log.close()
         return self.proc
 
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()  # the end of its input: it exits
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
 
 _templates: OrderedDict[frozenset, Template] = OrderedDict()
 _spares: OrderedDict[frozenset, list[Spare]] = OrderedDict()
-_spare_windows: list[tuple[float, float]] = []
+_spares_started: list[Spare] = []  # every spare this process started: when each imported
 _expected: dict[frozenset, int] = {}  # trials still expected per environment (expect())
+_unsafe: dict[frozenset, str] = {}  # environments whose template failed its self-check, and why
+_starting: str | None = None
 _templates_lock = threading.Lock()
 
 
-def start(folder: Path, env: Mapping[str, str]) -> WarmChild | subprocess.Popen:
+def start(folder: Path, env: Mapping[str, str], on_wait: OnWait | None = None) -> WarmChild | subprocess.Popen:
     """A trial process for ``folder`` (its ``call.pkl`` written): forked from ``env``'s template, or
     a pre-started interpreter of ``env``, by the platform's route.
 
     A template or a batch of spares is started here, before the trial: never while another trial
-    of this process is being measured (trials that run side by side measure nothing).
+    of this process is being measured (trials that run side by side measure nothing). Raises
+    :class:`TemplateUnsafe` where the template found itself unsafe to fork (the caller starts the
+    trial fresh), and whatever ``on_wait`` raises while a warm process starts (no trial is started).
     """
     key = _key(env)
     if system.current().warm == "spares":
-        return _spare(key, env).take(folder)
+        return _spare(key, env, on_wait).take(folder)
     with _templates_lock:
+        if key in _unsafe:
+            raise TemplateUnsafe(_unsafe[key])
+        _retire(_newest_source())
         template = _templates.get(key)
         if template is None or not template.alive:
             template = _templates[key] = Template(env)
+        try:
+            _wait_ready(template, on_wait)
+        except TemplateUnsafe as exc:
+            _unsafe[key] = str(exc)
+            _templates.pop(key).close()
+            raise
+        except TemplateFailed:
+            _templates.pop(key, None)
+            raise
         _templates.move_to_end(key)
+        template.last_used = time.monotonic()
         with template._changed:
             template.busy += 1  # reserved before the fork, so that no other thread ends this template meanwhile
         _evict()
@@ -246,6 +301,25 @@ def _key(env: Mapping[str, str]) -> frozenset:
     return frozenset((name, value) for name, value in env.items() if name not in RUN_TIME_ONLY)
 
 
+def _wait_ready(process: _Warm, on_wait: OnWait | None) -> None:
+    """Wait for a warm process, saying so meanwhile (:func:`starting`)."""
+    global _starting
+    if process.ready:
+        return
+    took = [end - begin for begin, end in warming_windows() if end == end]  # NaN: still importing
+    _starting = f"starting a warm process for this environment, about {max(took[-3:], default=8.0):.0f} s (once)"
+    log.info("labkit: %s", _starting)
+    try:
+        process.wait_ready(on_wait)
+    finally:
+        _starting = None
+
+
+def starting() -> str | None:
+    """What a trial is waiting for, while a warm process starts (a panel or the CLI says it), else None."""
+    return _starting
+
+
 def expect(envs: list[Mapping[str, str]]) -> None:
     """The trials coming next, by environment (replacing what was said before): on the portable route,
     that many interpreters (up to :data:`MAX_SPARES`) start side by side when the first is asked for."""
@@ -255,23 +329,46 @@ def expect(envs: list[Mapping[str, str]]) -> None:
             _expected[_key(env)] = _expected.get(_key(env), 0) + 1
 
 
-def _spare(key: frozenset, env: Mapping[str, str]) -> Spare:
+def _spare(key: frozenset, env: Mapping[str, str], on_wait: OnWait | None) -> Spare:
     """A ready spare of ``env``; when there is none, a batch started now, all of it ready before the trial."""
     with _templates_lock:
-        ready = _spares.setdefault(key, [])
-        ready[:] = [spare for spare in ready if spare.alive]
-        if not ready:
+        _retire(_newest_source())
+        batch = _spares.setdefault(key, [])
+        batch[:] = [spare for spare in batch if spare.alive]
+        if not batch:
             size = max(1, min(_expected.get(key, 1), MAX_SPARES))
             _evict_spares(room=size)
-            batch = [Spare(env) for _ in range(size)]
-            for spare in batch:
-                spare.wait_ready()
-            _spare_windows.extend(spare.warming for spare in batch)
-            ready.extend(batch)
+            batch.extend(Spare(env) for _ in range(size))
+            _spares_started.extend(batch)
+        for spare in list(batch):
+            try:
+                _wait_ready(spare, on_wait)
+            except TemplateFailed:
+                batch.remove(spare)
+                raise
         _spares.move_to_end(key)
         if _expected.get(key):
             _expected[key] -= 1
-        return ready.pop(0)
+        return batch.pop(0)
+
+
+def _newest_source() -> float:
+    """When labkit's code last changed on disk (its newest ``.py``; about 60 files, a millisecond). A time
+    still to come (a file unpacked from a machine whose clock runs ahead) counts once it has passed."""
+    now = time.time()
+    return max((m for p in SOURCES.rglob("*.py") if (m := p.stat().st_mtime) <= now), default=0.0)
+
+
+def _retire(newest_source: float) -> None:
+    """End warm processes that are stale (labkit's code changed since their imports) or idle too long."""
+    now = time.monotonic()
+    for key, template in list(_templates.items()):
+        if not template.busy and (template.stale(newest_source) or now - template.last_used > IDLE_LIFETIME):
+            _templates.pop(key).close()
+    for key, batch in list(_spares.items()):
+        for spare in [s for s in batch if s.stale(newest_source) or now - s.last_used > IDLE_LIFETIME]:
+            batch.remove(spare)
+            spare.close()
 
 
 def _evict_spares(room: int) -> None:
@@ -291,6 +388,16 @@ def _evict() -> None:
         _templates.pop(key).close()
 
 
+def _reaper() -> None:
+    """Every minute, end warm processes idle for :data:`IDLE_LIFETIME` (a kernel left open overnight)."""
+    while not _stopped.wait(60):
+        with _templates_lock:
+            _retire(0.0)
+
+
+_stopped = threading.Event()
+
+
 def shutdown() -> None:
     """End every template (each kills its trials first) and every idle spare now."""
     with _templates_lock:
@@ -302,10 +409,9 @@ def shutdown() -> None:
 
 
 def warming_windows() -> list[tuple[float, float]]:
-    """When each live template, and each spare started here, imported (wall clock, start and end): for
-    the check that warming never overlaps a measured trial."""
-    with _templates_lock:
-        return [t.warming for t in _templates.values() if t.alive] + list(_spare_windows)
+    """When each live template, and each spare started here, imported (wall clock, start and end; NaN while
+    it still imports): for the check that warming never overlaps a measured trial."""
+    return [t.warming for t in list(_templates.values()) if t.alive] + [s.warming for s in list(_spares_started)]
 
 
 def live_templates() -> list[int]:
@@ -314,5 +420,12 @@ def live_templates() -> list[int]:
         return [t.proc.pid for t in _templates.values() if t.alive]
 
 
-atexit.register(shutdown)
+def idle_processes() -> list[int]:
+    """Pids of the warm processes this process keeps and no trial uses now (each holds torch's imports)."""
+    with _templates_lock:
+        return ([t.proc.pid for t in _templates.values() if t.alive and not t.busy]
+                + [s.proc.pid for batch in _spares.values() for s in batch if s.alive])
 
+
+atexit.register(shutdown)
+threading.Thread(target=_reaper, name="labkit-warm-reaper", daemon=True).start()

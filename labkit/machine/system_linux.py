@@ -162,6 +162,14 @@ class LinuxSystem(System):
         return missing
 
 
+def maps_library(fragment: str) -> bool | None:
+    """Whether this process has a shared library whose path holds ``fragment`` mapped; None: unknown."""
+    try:
+        return fragment in (PROC / "self" / "maps").read_text()
+    except OSError:
+        return None
+
+
 def fork() -> int:
     """``os.fork()`` in the warm template. Python 3.12 and newer warn (DeprecationWarning) when a process
     with more than one thread forks; the template's one other thread is OpenBLAS's, which OpenBLAS

@@ -18,11 +18,25 @@ from __future__ import annotations
 
 import contextvars
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from labkit.core.errors import WrongResult
 from labkit.core.harness import metrics_on_failure
-from labkit.core.scenario import Knob, Metric, Scenario, positive, register
+from labkit.core.hazard import EXPOSED, NOT_EXPOSED, UNKNOWN, Hazard
+from labkit.core.scenario import Knob, Lesson, Metric, Scenario, positive, register
+
+
+def _hazard(facts: Mapping[str, Any], workers: int) -> Hazard:
+    """Exposed where doctor's probe saw a dynamo setting made in one thread missing in another."""
+    fix = "set torch._dynamo.config in each serving thread, or run its work in contextvars.copy_context()"
+    per_thread, torch = facts.get("dynamo_config_per_thread"), f"torch {facts.get('version:torch')}"
+    if per_thread is None:
+        return Hazard("compile-threads", UNKNOWN, f"{torch}: dynamo could not be asked", fix)
+    if per_thread:
+        return Hazard("compile-threads", EXPOSED, f"{torch}: a torch._dynamo.config setting made in one thread is the "
+                      "default in another (probed): a limit raised in the main thread does not reach a thread pool", fix)
+    return Hazard("compile-threads", NOT_EXPOSED, f"{torch}: dynamo's config is shared by every thread (probed)", fix)
+
 
 compiled = register(
     Scenario(
@@ -30,6 +44,17 @@ compiled = register(
         summary="torch.compile's recompile limit, raised in the main thread, is the default 8 in a serving thread",
         source="pytorch issue 186537 (dynamo config per thread since torch 2.12, pull request 173568)",
         notebook="02_device_mismatches",
+        section=3,
+        details="`torch._dynamo.config.recompile_limit` raised in the main thread is the default 8 in a serving thread "
+                "(dynamo's config is per thread since torch 2.12): past 8 batch sizes, `fullgraph=True` raises "
+                "`FailOnRecompileLimitHit`, without it the step runs uncompiled",
+        lessons=(
+            Lesson("compile setting lost in a thread",
+                   "a compiled server recompiles, then raises `FailOnRecompileLimitHit` or slows down",
+                   "`torch._dynamo.config` is per thread (torch 2.12+): the limit set in the main thread is the default "
+                   "in the pool",
+                   "set it in each serving thread or run in `contextvars.copy_context()`; mark dynamic dimensions"),
+        ),
         confirmed_on={"torch": ("2.13", "2.14")},
         confirmed_setup="dynamo's eager backend, CPU; the config is per thread from torch 2.12",
         knobs=(
@@ -44,6 +69,7 @@ compiled = register(
         ),
         main_fix="copy-context",
         timeout=60.0,
+        hazard=_hazard,
     )
 )
 

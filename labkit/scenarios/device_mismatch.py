@@ -43,11 +43,12 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from labkit.core.errors import BadInput, WrongResult
 from labkit.core.harness import metrics_on_failure, same_as_reference
-from labkit.core.scenario import Knob, Scenario, register
+from labkit.core.hazard import EXPOSED, NOT_EXPOSED, UNKNOWN, Hazard
+from labkit.core.scenario import Knob, Lesson, Scenario, register
 from labkit.llm import upstream
 from labkit.llm.decoding import STEP_METRICS
 from labkit.llm.devices import PEAK, STAND_IN, checked_pair, devices_knob, gpu_knobs
@@ -74,12 +75,33 @@ def _check(knobs: dict[str, Any]) -> None:
                   gpus=knobs["gpus"] or None)
 
 
+def _hazard(facts: Mapping[str, Any], workers: int) -> Hazard:
+    """Exposed where doctor's probe saw accelerate's hook move the cache the installed transformers hands over."""
+    fix = "dispatch with skip_keys=model._skip_keys_device_placement, under the cache argument's current name"
+    moved = facts.get("dispatch_moves_cache")
+    if moved is None:
+        return Hazard("device-mismatch", UNKNOWN, "accelerate or transformers could not be asked", fix)
+    pair = f"transformers {facts.get('version:transformers')}, accelerate {facts.get('version:accelerate')}"
+    if moved:
+        return Hazard("device-mismatch", EXPOSED, f"{pair}: accelerate's hook moves the cache generate hands over", fix)
+    return Hazard("device-mismatch", NOT_EXPOSED, f"{pair}: the hook leaves a DynamicCache where it is (code that "
+                  "hands the cache over as tuples is still exposed)", fix)
+
+
 mismatch = register(
     Scenario(
         name="device-mismatch",
         summary="a model split over two devices by accelerate fails on step 2: the hook moved the KV cache",
         source="seed 001 (Qwen3 over GPUs with accelerate); transformers PRs 23919, 28051",
         notebook="02_device_mismatches",
+        section=1,
+        details="a model split over two devices by accelerate (`init_empty_weights`, balanced memory, inferred map, load "
+                "and dispatch) fails on the 2nd decoding step: the top hook moved the KV cache to the main device",
+        lessons=(
+            Lesson("split model, moved cache", "`Expected all tensors to be on the same device` on the **2nd** step",
+                   "the dispatch hook moves the KV cache to the main device",
+                   "`skip_keys=model._skip_keys_device_placement`, with the cache argument's current name"),
+        ),
         confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24"), "accelerate": ("1.15",)},
         confirmed_setup="the cache passed as tuples, as transformers < 4.36 did; cpu + meta, and cpu + cuda:0 on an H100",
         knobs=(
@@ -97,6 +119,7 @@ mismatch = register(
         timeout=120.0,
         quick={"tokens": 3},
         check=_check,
+        hazard=_hazard,
     )
 )
 

@@ -26,10 +26,11 @@ import tempfile
 import threading
 import time
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from labkit.core.harness import fork_context
-from labkit.core.scenario import Metric, Scenario, positive, register
+from labkit.core.hazard import UNKNOWN, Hazard
+from labkit.core.scenario import Lesson, Metric, Scenario, positive, register
 from labkit.llm import upstream
 from labkit.llm.models import TINY, model_knobs
 
@@ -37,12 +38,33 @@ PROMPT = 8  # prompt tokens per sequence
 BUDGET_KIB = 128  # the tiny model's KV cache for the prompt and half of 48 new tokens, at batch 4
 log = logging.getLogger("labkit.oom-hang")
 
+
+def _hazard(facts: Mapping[str, Any], workers: int) -> Hazard:
+    """Unknown, always: whether a rank hands its error on is your code's; doctor can say how long a peer waits."""
+    timeout = facts.get("distributed_default_timeout")
+    fix = "init_process_group(..., timeout=timedelta(seconds=...)), and workers that hand their errors on"
+    if timeout is None:
+        return Hazard("oom-hang", UNKNOWN, "torch.distributed is not available", fix)
+    return Hazard("oom-hang", UNKNOWN, f"torch.distributed's default collective timeout is {timeout}: a collective whose "
+                  "peer failed waits that long unless your code passes timeout=", fix)
+
+
 oom = register(
     Scenario(
         name="oom-hang",
         summary="a rank's KV cache outgrows its budget; it logs the error and lives, its peer waits in all_reduce forever",
         source="seed 003 (lmdeploy TP=8 hang on out-of-memory): lmdeploy issue 2712",
         notebook="04_tokenizer_deadlocks",
+        section=2,
+        details="a tensor-parallel rank's KV cache outgrows its budget; it logs the error and lives, its peer waits in "
+                "`all_reduce` forever",
+        your_model="each rank runs your model, and its config sizes the KV cache: left at its default, rank 1's budget "
+                   "is what the prompt and half the new tokens need in your model's cache.",
+        lessons=(
+            Lesson("OOM that hangs", "a rank logs an error, the job never ends",
+                   "the failing rank lives on; its peer waits in a collective",
+                   "a collective timeout; errors handed to whoever waits; a KV budget check on every rank"),
+        ),
         confirmed_on={"torch": ("2.13", "2.14"), "transformers": ("5.23", "5.24")},
         confirmed_setup="gloo, 2 CPU ranks on loopback; transformers' StaticCache",
         knobs=(
@@ -60,6 +82,7 @@ oom = register(
         main_fix="budget-check",
         timeout=20.0,  # from the first line: two ranks starting, the decode (a few seconds here)
         quick={},
+        hazard=_hazard,
     )
 )
 

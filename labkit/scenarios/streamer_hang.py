@@ -19,7 +19,8 @@ import queue
 import threading
 from typing import Any, Callable
 
-from labkit.core.scenario import Knob, Metric, Scenario, positive, register
+from labkit.core.hazard import not_visible
+from labkit.core.scenario import Knob, Lesson, Metric, Scenario, positive, register
 
 PROMPT = "The workshop starts with"
 
@@ -29,6 +30,14 @@ streaming = register(
         summary="generate fails in its worker thread; the caller iterating its TextIteratorStreamer waits forever",
         source="transformers pull request 22576 (TextIteratorStreamer's timeout); every threaded streaming demo",
         notebook="04_tokenizer_deadlocks",
+        section=3,
+        details="streamed generation (transformers' `TextIteratorStreamer`): `generate` raises in its worker thread (a "
+                "real `ValueError`: sampling with `temperature=0`), the caller iterating the stream waits forever",
+        lessons=(
+            Lesson("stream that never ends", "a chat UI waits forever for the first token",
+                   "`generate` raised in its worker thread; the caller waits on the streamer's queue",
+                   "the worker ends the stream and hands its error to the caller; `TextIteratorStreamer(timeout=...)`"),
+        ),
         confirmed_on={"transformers": ("5.24",)},
         confirmed_setup="TextIteratorStreamer in the caller, generate in a worker thread; CPU",
         knobs=(
@@ -40,6 +49,8 @@ streaming = register(
         main_fix="propagate",
         timeout=30.0,
         quick={},
+        hazard=not_visible("streamer-hang", "depends on your streaming code (notebook 04)",
+                           "the worker ends the stream and hands its error to the caller; a streamer timeout as a backstop"),
     )
 )
 

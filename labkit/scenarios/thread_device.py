@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Mapping
 
 from labkit.core.errors import BadInput
 from labkit.core.harness import metrics_on_failure, same_as_reference
-from labkit.core.scenario import Knob, Scenario, register
+from labkit.core.hazard import EXPOSED, NOT_EXPOSED, Hazard
+from labkit.core.scenario import Knob, Lesson, Scenario, register
 from labkit.llm.decoding import STEP_METRICS
 from labkit.llm.devices import PEAK, STAND_IN, checked_pair, devices_knob, gpu_knobs
 from labkit.llm.models import model_knobs
@@ -57,12 +58,32 @@ def _check(knobs: dict[str, Any]) -> None:
         _context(checked_pair(knobs), knobs["context"])
 
 
+def _hazard(facts: Mapping[str, Any], workers: int) -> Hazard:
+    """Exposed where several GPUs are visible and nothing narrows them: a new thread's "cuda" is cuda:0."""
+    fix = "name the device index everywhere (\"cuda:1\"), or make and use tensors in one thread"
+    gpus, visible = facts.get("cuda_devices") or [], facts.get("CUDA_VISIBLE_DEVICES", "(unset)")
+    if len(gpus) > 1 and visible == "(unset)":
+        return Hazard("thread-device", EXPOSED, f"{len(gpus)} GPUs and CUDA_VISIBLE_DEVICES unset: a bare \"cuda\" is "
+                      "cuda:0 in a new thread, whatever the main thread set", fix)
+    return Hazard("thread-device", NOT_EXPOSED, f"{len(gpus)} GPU(s) visible to torch (CUDA_VISIBLE_DEVICES={visible})", fix)
+
+
 threaded = register(
     Scenario(
         name="thread-device",
         summary="the default/current device is per thread: a model made under a context, used from a worker",
         source="seed 004 (Outlines, model made in one thread, generation in another): dottxt-ai/outlines issue 679",
         notebook="02_device_mismatches",
+        section=2,
+        details="the default/current device is per thread: a model made under a device context in the main thread, "
+                "used from a worker",
+        your_model="your model is made under the main thread's device context and decoded in a worker. On `meta` (no "
+                   "GPU) only a model whose forward never reads a value runs: the Llama family does, GPT-2 does not.",
+        lessons=(
+            Lesson("device per thread", "`Expected all tensors to be on the same device`, from a worker thread",
+                   "the default device and current CUDA device belong to a thread",
+                   "name the device index everywhere; make and use tensors in one thread"),
+        ),
         confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="2-core x86-64 (cpu + meta); an H100 (cpu + cuda:0)",
         knobs=(
@@ -79,6 +100,7 @@ threaded = register(
         timeout=90.0,
         quick={"tokens": 3},
         check=_check,
+        hazard=_hazard,
     )
 )
 

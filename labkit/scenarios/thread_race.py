@@ -44,7 +44,8 @@ from typing import Any, Callable, Sequence
 
 from labkit.core.errors import BadInput, WrongResult
 from labkit.core.harness import fork_context, together, with_metrics
-from labkit.core.scenario import Knob, Metric, Scenario, positive, register
+from labkit.core.hazard import not_visible
+from labkit.core.scenario import Knob, Lesson, Metric, Scenario, positive, register
 from labkit.llm.devices import usable_cores
 from labkit.llm.models import TINY, model_knobs
 
@@ -81,6 +82,25 @@ race = register(
                 "RoPE): TypeError or silently wrong answers",
         source="seed 000 (Qwen-1.8B from threads): QwenLM/Qwen issue 1303; transformers' dynamic_rope_update",
         notebook="01_thread_races",
+        details="threads share a rotary module that its forward rewrites: Qwen-1's lazily rebuilt cache (`pattern=qwen1`, "
+                "rebuilt small and installed in the real Qwen3 model: `TypeError: cannot unpack non-iterable NoneType "
+                "object`, or silently wrong answers), or transformers' **own** dynamic RoPE (`pattern=dynamic-rope`: "
+                "silently wrong answers; there only `per-thread` holds: a batch scales every row by its longest, and a "
+                "shared model keeps the last request's scaling)",
+        your_model="every variant serves your model; `broken` installs Qwen-1's racy rotary where the architecture has a "
+                   "rotary module to swap (the Llama family) and serves it as it is elsewhere, saying which in the "
+                   "trial's notes. `labkit compare thread-race lock batched --set model=./my-model` is the A/B of a lock "
+                   "against one batching thread on your model. `pattern=dynamic-rope` needs the tiny model.",
+        lessons=(
+            Lesson("thread race on model state",
+                   "`TypeError: cannot unpack non-iterable NoneType`, `IndexError`, or silently wrong answers",
+                   "a forward writes a cache, a length or a scaling factor on a module every thread shares (Qwen-1's "
+                   "rotary cache; transformers' own dynamic RoPE)",
+                   "one worker thread that batches requests; a lock; per-thread state; processes. Dynamic RoPE: no "
+                   "rotary state shared between calls, and no batching across the trained length"),
+            Lesson("throughput wall", "more threads, no more tokens/s", "the GIL and one device queue serialise the threads",
+                   "batch the requests"),
+        ),
         confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="Qwen3 with Qwen-1's rotary pattern: 2-core x86-64 and an H100 (cuda:0); with transformers' "
                         "dynamic RoPE: 2-core x86-64 on transformers 5.24",
@@ -102,6 +122,8 @@ race = register(
         timeout=120.0,
         quick={"tokens": 16},
         check=_check,
+        hazard=not_visible("thread-race", "depends on your model's code: a forward that writes module state (notebook 01)",
+                           "one worker thread that batches, or a lock; no module state shared between calls"),
     )
 )
 

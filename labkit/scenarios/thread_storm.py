@@ -25,13 +25,14 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import psutil
 
 from labkit.machine import system
 from labkit.core.harness import fork_context, together
-from labkit.core.scenario import Knob, Metric, Scenario, positive, register
+from labkit.core.hazard import EXPOSED, NOT_EXPOSED, UNKNOWN, Hazard
+from labkit.core.scenario import Knob, Lesson, Metric, Scenario, positive, register
 from labkit.core.errors import BadInput
 from labkit.llm.devices import usable_cores
 from labkit.llm.models import QWEN_VOCAB, TINY, model_knobs
@@ -43,12 +44,49 @@ def _check(knobs: dict[str, Any]) -> None:
         raise BadInput("set model (its config gives the vocabulary) or vocab, not both")
 
 
+def _hazard(facts: Mapping[str, Any], workers: int) -> tuple[Hazard, ...]:
+    """Two rows: a storm takes more compute threads than cores, and threads that spin while they wait."""
+    return _pool(facts, workers), _spinning(facts)
+
+
+def _pool(facts: Mapping[str, Any], workers: int) -> Hazard:
+    threads, cores = facts.get("torch_intra_op_threads"), facts.get("usable_cores")
+    fix = "torch.set_num_threads(cores // workers) in each worker process (or OMP_NUM_THREADS before torch loads)"
+    if not threads or not cores:
+        return Hazard("thread-storm", UNKNOWN, "torch's pool size could not be read", fix)
+    said = f"torch's pool {threads} threads x {workers} worker process{'es' if workers > 1 else ''} on {cores} usable cores"
+    if threads * workers > cores:
+        return Hazard("thread-storm", EXPOSED, f"{said}: {threads * workers} compute threads", fix)
+    hint = "" if workers > 1 else " (say how many worker processes you run: --workers N)"
+    return Hazard("thread-storm", NOT_EXPOSED, f"{said}: they fit{hint}", fix)
+
+
+def _spinning(facts: Mapping[str, Any]) -> Hazard:
+    fix = "OMP_WAIT_POLICY=PASSIVE where workers x threads exceed the cores"
+    pools = [p.get("prefix", "") for p in facts.get("native_pools") or []]
+    policy = facts.get("OMP_WAIT_POLICY", "(unset)")
+    if not any("gomp" in p for p in pools):
+        return Hazard("thread-storm (waiting)", NOT_EXPOSED, f"no libgomp pool loaded ({', '.join(pools) or 'none seen'})", fix)
+    if policy == "(unset)":
+        return Hazard("thread-storm (waiting)", EXPOSED,
+                      "libgomp with OMP_WAIT_POLICY unset: its waiting threads spin, which is what turns "
+                      "oversubscription into a storm", fix)
+    return Hazard("thread-storm (waiting)", NOT_EXPOSED, f"libgomp with OMP_WAIT_POLICY={policy}", fix)
+
+
 storm = register(
     Scenario(
         name="thread-storm",
         summary="CPU oversubscription: W workers x a full intra-op pool each, sampling over a 152k vocabulary",
         source="seed 002 (ExLlamaV2 CPU at 100%): exllamav2 issue 508; pytorch issue 80777",
         notebook="03_cpu_thread_storms",
+        your_model="the workers sample over your model's vocabulary (from its config); the forward stays the tiny "
+                   "model's, since the storm is in the sampling.",
+        lessons=(
+            Lesson("CPU thread storm", "every core busy, generation slower",
+                   "each worker process keeps a thread per core, and OpenMP threads spin while they wait",
+                   "`torch.set_num_threads(1)` per worker; `OMP_WAIT_POLICY=PASSIVE`; one bounded pool"),
+        ),
         confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="sampling on the CPU, OpenMP (libgomp); 2-core x86-64, and the 16-core host of an H100",
         knobs=(
@@ -73,6 +111,7 @@ storm = register(
         timeout=180.0,
         quick={"tokens": 2},
         check=_check,
+        hazard=_hazard,
     )
 )
 

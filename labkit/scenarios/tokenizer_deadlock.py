@@ -23,8 +23,31 @@ batches with the tokenizer they inherited, as a DataLoader's workers would.
 from __future__ import annotations
 
 import time
+from typing import Any, Mapping
 
-from labkit.core.scenario import Metric, Scenario, positive, register
+from labkit.core.hazard import EXPOSED, NOT_EXPOSED, UNKNOWN, Hazard
+from labkit.core.scenario import Lesson, Metric, Scenario, positive, register
+
+
+def _hazard(facts: Mapping[str, Any], workers: int) -> Hazard:
+    """Exposed where workers are forked and the variable asks for the pool in the child too."""
+    fix = "TOKENIZERS_PARALLELISM=false before forking workers, or the spawn start method"
+    version, method = facts.get("version:tokenizers"), facts.get("start_method")
+    setting = facts.get("TOKENIZERS_PARALLELISM", "(unset)")
+    if not version or version == "not installed":
+        return Hazard("tokenizer-deadlock", NOT_EXPOSED, "tokenizers is not installed", fix)
+    if method is None:
+        return Hazard("tokenizer-deadlock", UNKNOWN, "the start method could not be read", fix)
+    said = f"start method {method}, TOKENIZERS_PARALLELISM={setting}, tokenizers {version}"
+    if method != "fork":
+        return Hazard("tokenizer-deadlock", NOT_EXPOSED, f"{said}: workers start fresh, with their own pool", fix)
+    if setting == "(unset)":
+        return Hazard("tokenizer-deadlock", NOT_EXPOSED,
+                      f"{said}: unset, tokenizers' own fork hook turns its pool off in the child (the library-guard variant)", fix)
+    if setting.lower() in ("true", "1", "yes", "on"):
+        return Hazard("tokenizer-deadlock", EXPOSED, f"{said}: a fork after the first batch waits forever", fix)
+    return Hazard("tokenizer-deadlock", NOT_EXPOSED, f"{said}: no Rust pool to lose in a fork", fix)
+
 
 deadlock = register(
     Scenario(
@@ -32,6 +55,12 @@ deadlock = register(
         summary="fork after the tokenizer's Rust thread pool ran: the forked workers wait forever",
         source="seed 003 (lmdeploy hang; TOKENIZERS_PARALLELISM=false helped): lmdeploy issue 2712; tokenizers issues 187, 258",
         notebook="04_tokenizer_deadlocks",
+        section=1,
+        lessons=(
+            Lesson("tokenizer deadlock", "forked workers hang in `encode_batch`",
+                   "`fork` copies the Rust pool's state but not its threads",
+                   "`TOKENIZERS_PARALLELISM=false`; the `spawn` start method; fork before the first batch"),
+        ),
         confirmed_on={"tokenizers": ("0.23",)},
         confirmed_setup="the rayon pool, Linux fork; Python 3.11",
         knobs=(
@@ -42,6 +71,7 @@ deadlock = register(
         main_fix="no-parallelism",
         timeout=10.0,  # the work takes about a second; only tokenizers is imported
         quick={},
+        hazard=_hazard,
     )
 )
 

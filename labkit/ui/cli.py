@@ -7,6 +7,7 @@ still kills its trial's process group on the way out (see :mod:`labkit.isolation
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any, Sequence
 
@@ -49,22 +50,27 @@ def _add_trial_options(p: argparse.ArgumentParser, repeats: int | None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="labkit", description="LLM inference failure modes under concurrency, next to their fixes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("list", help="every scenario with its variants and knobs")
+    listing = sub.add_parser("list", help="every scenario with its variants and knobs")
+    listing.add_argument("--markdown", action="store_true",
+                         help="the README's scenario tables and the notebooks' cheat-sheet, from the scenarios' declarations")
     run = sub.add_parser("run", help="run isolated trials of one variant")
     run.add_argument("scenario")
     run.add_argument("--variant", required=True)
     _add_trial_options(run, repeats=1)
-    cmp = sub.add_parser("compare", help="A/B two variants: medians, ratio B/A, 95%% interval, verdict")
+    cmp = sub.add_parser("compare", help="A/B two variants (A may equal B: the noise floor): how each side ended, "
+                         "medians, ratio B/A, a 95%% interval that holds at that number of trials, verdict")
     cmp.add_argument("scenario")
     cmp.add_argument("a")
     cmp.add_argument("b")
     cmp.add_argument("--metric", default=None, help="metric for the verdict (default: the scenario's first)")
     _add_trial_options(cmp, repeats=None)
     cmp.add_argument("--budget", type=float, default=None,
-                     help="without --repeats: seconds to spend at most before giving an answer (default 120)")
+                     help="without --repeats: seconds to spend before giving an answer (default 120), checked after "
+                          "every pair: it starts no pair that would pass it at a typical pair's time so far")
     tour = sub.add_parser("tour", help="every scenario, broken against its main fix, with a report")
     tour.add_argument("--out", default="labkit-report", help="report folder (default labkit-report)")
-    tour.add_argument("--repeats", type=int, default=3)
+    tour.add_argument("--repeats", type=int, default=5,
+                      help="trials a side (default 5; 3 cannot reach a 95%% verdict, 4 is the fewest that can)")
     tour.add_argument("--quick", action="store_true", help="each scenario's fast settings (same failures, shorter runs)")
     tour.add_argument("--only", action="append", metavar="SCENARIO", help="run only this scenario (repeatable)")
     tour.add_argument("--timeout", type=float, default=None, help=TIMEOUT_HELP)
@@ -86,7 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ToStderr(logging.Handler):
+    """Each line to the stderr of the moment (a test's capture, a notebook's), not the one at start-up."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _say_what_trials_wait_for() -> None:
+    """The command line shows what a trial waits for ("starting a warm process ..."), once per start."""
+    warm_log = logging.getLogger("labkit.warm")
+    if not any(isinstance(h, _ToStderr) for h in warm_log.handlers):
+        warm_log.addHandler(_ToStderr())
+        warm_log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _say_what_trials_wait_for()
     try:
         args = build_parser().parse_args(argv)
         return _COMMANDS[args.command](args)
@@ -105,6 +127,11 @@ def _start(args: argparse.Namespace) -> str | None:
 def _list(args: argparse.Namespace) -> int:
     from labkit.core.scenario import all_scenarios
 
+    if args.markdown:
+        from labkit.ui.tables import markdown
+
+        print(markdown())
+        return 0
     for s in all_scenarios():
         print(f"{s.name}: {s.summary}")
         print(f"  source: {s.source}")
@@ -150,8 +177,8 @@ def _compare(args: argparse.Namespace) -> int:
         return 0
     with _wide_pandas():
         print(result.table().drop(columns="verdict").to_string(float_format=lambda x: f"{x:.4g}"))
-    print(f"outcomes: {args.a} {result.a.outcome_text()}; {args.b} {result.b.outcome_text()}")
-    print(result.verdict)
+    print(result.verdict)  # how each side ended comes first
+    print(f"method: {result.method}")
     print(result.stopped)
     return 0
 

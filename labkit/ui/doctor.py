@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 
 from labkit.core.errors import BadInput
-from labkit.ui.hazards import Hazard, hazards
+from labkit.core.hazard import Hazard
+from labkit.ui.hazards import hazards
 
 ENV_VARS = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
@@ -26,8 +27,17 @@ ENV_VARS = (
 LIBRARIES = ("torch", "transformers", "accelerate", "tokenizers", "numpy", "threadpoolctl", "psutil", "pynvml")
 
 _PROBE = r"""
-import json, multiprocessing, torch, threadpoolctl
+import json, os
+from labkit.isolation._child import warm_imports_without_cuda
+warm_imports_without_cuda()  # what a warm template imports; then its own self-check, before anything runs
+try:
+    from labkit.isolation._template import check_self
+    template_check = check_self() or "ok"
+except ImportError:  # no fork route here (no os.fork, no resource module)
+    template_check = None
+import multiprocessing, torch, threadpoolctl
 info = {
+    "template_check": template_check,
     "torch_intra_op_threads": torch.get_num_threads(),
     "torch_inter_op_threads": torch.get_num_interop_threads(),
     "torch_parallel_backend": next((l.split(":", 1)[1].strip() for l in torch.__config__.parallel_info().splitlines()
@@ -134,6 +144,9 @@ def doctor(workers: int = 1) -> Report:
     probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
     if probe.returncode == 0:
         facts.update(json.loads(probe.stdout.strip().splitlines()[-1]))
+        check = facts.pop("template_check", None)
+        if facts["trial_start"] == system.WARM_STARTS["fork"] and check not in (None, "ok"):
+            facts["trial_start"] = f"fresh interpreters: the warm template failed its self-check ({check})"
     else:
         facts["probe_error"] = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "probe failed"
     for var in ENV_VARS:

@@ -112,7 +112,7 @@ def comparison_figure(comparison: "Comparison", ax=None) -> Figure:
         else:  # a side that never finished (hung, crashed) has nothing to plot: say what happened
             ax.text(x, 0.5, f"{side.outcome_text()}\nno {name}", ha="center", va="center",
                     transform=ax.get_xaxis_transform(), color="tab:red")
-    ax.set_xticks([0, 1], [comparison.a.variant, comparison.b.variant])
+    ax.set_xticks([0, 1], list(comparison.labels))  # "v (A)", "v (B)" when a variant is run against itself
     ax.set_xlim(-0.6, 1.6)
     ax.set_ylabel(f"{name} ({comparison.metric.unit})")
     ax.set_title(comparison.verdict, fontsize=8, wrap=True)

@@ -34,13 +34,15 @@ class TourReport:
 
 
 def tour(
-    out: str | Path = "labkit-report", *, repeats: int = 3, quick: bool = False, only: list[str] | None = None,
+    out: str | Path = "labkit-report", *, repeats: int = 5, quick: bool = False, only: list[str] | None = None,
     timeout: float | None = None, progress: bool = False, start: str | None = None,
 ) -> TourReport:
     """Compare each scenario's broken variant with its main fix, then the two fixes of its
     ``speed_pair`` where it names them; ``quick`` uses each scenario's
     fast settings (shorter runs that still show the failure); ``only`` names the scenarios to run;
-    ``timeout`` replaces each scenario's own (a hung trial lasts that long)."""
+    ``timeout`` replaces each scenario's own (a hung trial lasts that long). ``repeats`` trials a side:
+    5 by default, because no test of 3 against 3 can reach 95% (the table then says "too few trials to
+    tell" rather than print an interval it cannot back)."""
     check_repeats(repeats)
     Options(timeout, start)  # checked before the first trial, not at the first scenario's
     chosen = [get(name) for name in only] if only else all_scenarios()
@@ -84,8 +86,8 @@ def _row(scen, result: Comparison) -> dict[str, str]:
     ratio, low, high = result.interval
     if math.isnan(ratio):  # a side that never finished (hung, raised at step 0) has nothing to divide
         b_over_a = "no ratio"
-    else:
-        b_over_a = f"{ratio:.2f} " + ("(no interval)" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]")
+    else:  # an interval only where the test could reach its level (never "95%" from 3 against 3)
+        b_over_a = f"{ratio:.2f} " + ("(too few to tell)" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]")
     return {"scenario": scen.name, "A": f"{result.a.variant}: {result.a.outcome_text()}",
             "B": f"{result.b.variant}: {result.b.outcome_text()}", "metric": result.metric.name,
             "A median": _fmt(result.a_median), "B median": _fmt(result.b_median), "B/A": b_over_a,

@@ -19,6 +19,7 @@ import pandas as pd
 
 from labkit.core import scenario as registry
 from labkit.core.errors import BadInput
+from labkit.isolation import warm
 from labkit.machine.monitor import NO_GPU, has_gpu
 from labkit.ui.plots import LivePlot
 from labkit.core.runner import run
@@ -89,17 +90,28 @@ class Runner:
 
     def _run(self, scen: registry.Scenario, variant: str, knobs: dict[str, Any], shown: dict[str, Any]) -> None:
         live = LivePlot(f"{scen.name} / {variant}", every=1.0, image=self.plot)
+        waited = []
 
         def tick(monitor) -> None:
             if self._stop.is_set():
                 raise Stopped
+            if (waiting := warm.starting()) is not None:  # before the trial: its warm process imports
+                waited.append(waiting)
+                self.say(html.escape(waiting))
+            elif waited and monitor.running:
+                waited.clear()
+                self.say(f"running <b>{html.escape(variant)}</b>...")
             live(monitor)
 
         try:
             trial = run(scen, variant, knobs=knobs, timeout=self.timeout, on_tick=tick).trials[0]
             self.record(trial, live, {"variant": variant, **shown})
         except Stopped:
-            self.say(f"{html.escape(variant)}: stopped; the trial's processes were killed")
+            self.rows.append({"run": len(self.rows) + 1, "variant": variant, **shown, "outcome": "stopped",
+                              "error": "Stop pressed" + (" while its warm process started: no trial ran" if waited else "")})
+            self.table.value = results_html(self.rows)
+            self.say(f"{html.escape(variant)}: stopped; " + ("no trial was started" if waited
+                                                             else "the trial's processes were killed"))
         except Exception as exc:  # noqa: BLE001 - a panel shows what went wrong instead of dying silently
             self.say(f"{type(exc).__name__}: {exc}", error=True)
         finally:
@@ -115,7 +127,8 @@ class Runner:
         parts = [f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in trial.notes.items()]
         parts += [f"<b>stacks of process {pid}</b><pre>{html.escape(text)}</pre>" for pid, text in trial.stacks.items()]
         self.details.value = "<br>".join(parts)
-        self.say(f"{html.escape(shown.get('variant', ''))}: <b>{trial.outcome}</b> in {trial.seconds:.1f} s")
+        took = "" if shown.get("gpus") else f" in {trial.seconds:.1f} s"  # no time from virtual GPUs: it is the CPU's
+        self.say(f"{html.escape(shown.get('variant', ''))}: <b>{trial.outcome}</b>{took}")
 
 
 def results_html(rows: list[dict[str, Any]]) -> str:
@@ -197,20 +210,33 @@ def panel(
                  {"variant": variant, **controls})
 
 
-def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None = None) -> Panel:
+def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None = None, gpus: int = 0,
+                     gpu_memory: str = "24GiB") -> Panel:
     """The device-mismatch scenario by hand: a device per row, "balanced" from accelerate, skip_keys, Run.
 
-    Leave a row blank or put a row after a meta row on another device to see what an invalid map says.
+    ``gpus`` (the GPUs dropdown): this machine's devices (0), or 1 to 8 virtual GPUs of ``gpu_memory``
+    each, on any machine (``labkit.virtual_gpus``). Leave a row blank or put a row after a meta row on
+    another device to see what an invalid map says.
     """
-    from labkit.llm.device_maps import balanced_map, empty_model, rows as map_rows
+    from labkit.llm.device_maps import balanced_map, empty_model, rows as map_rows, virtual_map
     from labkit.llm.devices import available, device_pair
+    from labkit.llm.memory import parse_size
     from labkit.llm.models import tiny_config
 
     skeleton = empty_model(tiny_config() if model == "tiny" else model)
     labels = map_rows(skeleton)
-    pickers = {label: w.Dropdown(options=["", *available()], description=label, style=STYLE) for label in labels}
+    virtual = [(f"{n} virtual GPU{'s' if n > 1 else ''}", n) for n in range(1, 9)]
+    machine = w.Dropdown(options=[("this machine", 0), *virtual], value=gpus, description="GPUs", style=STYLE)
+    capacity = w.Text(value=gpu_memory, description="gpu_memory", style=STYLE, layout=w.Layout(width="180px"),
+                      tooltip="each virtual GPU's capacity: a tensor that would not fit raises CUDA's out-of-memory error")
+
+    def options() -> list[str]:
+        return ["", *available(machine.value or None)]
+
+    pickers = {label: w.Dropdown(options=options(), description=label, style=STYLE) for label in labels}
     balanced = w.Button(description="balanced", icon="balance-scale",
-                        tooltip="accelerate's get_balanced_memory + infer_auto_device_map over this machine's pair")
+                        tooltip="accelerate's get_balanced_memory + infer_auto_device_map over this machine's pair, "
+                                "or over the virtual GPUs")
     skip = w.Checkbox(value=False, description="skip_keys", indent=False, layout=w.Layout(width="auto"),
                       tooltip="dispatch with skip_keys=model._skip_keys_device_placement (the fix)")
     steps = w.IntSlider(value=tokens, min=2, max=16, description="tokens", style=STYLE)
@@ -219,20 +245,36 @@ def device_map_panel(model: str = "tiny", tokens: int = 3, timeout: float | None
     def chosen_map() -> str:
         return ",".join(p.value for p in pickers.values())
 
+    def knobs() -> dict[str, Any]:
+        chosen = {"device_map": chosen_map(), "tokens": steps.value, "model": model}
+        return {**chosen, "gpus": machine.value, "gpu_memory": capacity.value} if machine.value else chosen
+
     def fill_balanced(_=None):
-        device_map = balanced_map(skeleton, device_pair())
+        try:
+            device_map = (virtual_map(skeleton, machine.value, parse_size(capacity.value)) if machine.value
+                          else balanced_map(skeleton, device_pair()))
+        except BadInput as exc:
+            return runner.say(str(exc), error=True)
         for label, module in labels.items():
             pickers[label].value = device_map[module]
 
+    def on_machine(_):
+        for picker in pickers.values():
+            picker.options = options()
+        fill_balanced()
+
     def on_run(_):
-        device_map = chosen_map()
-        runner.start("device-mismatch", "skip-keys" if skip.value else "broken",
-                     {"device_map": device_map, "tokens": steps.value, "model": model}, {"device_map": device_map})
+        chosen = knobs()
+        runner.start("device-mismatch", "skip-keys" if skip.value else "broken", chosen,
+                     {"gpus": machine.value, "device_map": chosen["device_map"]})
 
     balanced.on_click(fill_balanced)
+    machine.observe(on_machine, "value")
     runner.run_button.on_click(on_run)
     fill_balanced()
-    about = f"device-mismatch by hand: a device for each of {', '.join(labels)}, accelerate's balanced plan, skip_keys"
-    call = f"labkit.run('device-mismatch', 'broken', knobs={ {'device_map': chosen_map(), 'tokens': tokens, 'model': model} !r})"
-    return Panel(runner, [w.HBox([balanced, skip, steps, runner.buttons]), *pickers.values()], about, call,
-                 {"balanced": balanced, "skip_keys": skip, "tokens": steps, **pickers})
+    about = (f"device-mismatch by hand: this machine's devices or 1 to 8 virtual GPUs, a device for each of "
+             f"{', '.join(labels)}, accelerate's balanced plan, skip_keys")
+    call = f"labkit.run('device-mismatch', 'broken', knobs={knobs()!r})"
+    return Panel(runner, [w.HBox([machine, capacity, balanced]), w.HBox([skip, steps, runner.buttons]), *pickers.values()],
+                 about, call, {"gpus": machine, "gpu_memory": capacity, "balanced": balanced, "skip_keys": skip,
+                               "tokens": steps, **pickers})

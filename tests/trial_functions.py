@@ -1,0 +1,70 @@
+"""Functions that the compare tests run in isolated trials.
+
+A module of their own, importing only the standard library: a trial's child imports the module a
+function lives in, and importing the test module there (pytest, numpy, pandas) cost 0.3 s a trial.
+"""
+
+import asyncio
+import random
+import threading
+import time
+
+
+def slow():
+    return {"speed": 100 + random.random()}
+
+
+def fast():
+    return {"speed": 200 + random.random()}
+
+
+def constant():
+    return {"speed": 1.0}
+
+
+def constant_too():
+    return {"speed": 1.0}
+
+
+def twice_as_fast():
+    return {"speed": 2.0}
+
+
+def naps():
+    time.sleep(0.2)
+
+
+def naps_too():
+    time.sleep(0.2)
+
+
+def waits():
+    threading.Event().wait(3.5)
+
+
+def never_returns():
+    threading.Event().wait()
+
+
+def load():
+    time.sleep(0.5)
+    return "model"
+
+
+async def async_load():
+    await asyncio.sleep(0.5)
+    return "client"
+
+
+def scaled_nap(state, seconds, times=1):
+    time.sleep(seconds * times)
+    return {"got": state}
+
+
+async def async_nap(state, seconds, times=1):
+    await asyncio.sleep(seconds * times)
+    return {"got": state}
+
+
+def stamp(k=1):
+    return {"at": time.time()}
