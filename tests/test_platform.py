@@ -18,19 +18,15 @@ import pytest
 from labkit import BadInput
 from labkit.machine import system
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import faults  # noqa: E402 - the fault benchmark's way of finding a run's processes
+
 LABKIT = [sys.executable, "-m", "labkit.ui.cli"]
 
 
 def marked(tag: str) -> list[psutil.Process]:
-    """Live processes whose environment carries ``LABKIT_TEST_TAG=tag`` (a test's whole tree, re-parented or not)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("LABKIT_TEST_TAG") == tag and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    """Live processes whose environment carries ``LABKIT_FAULT_TAG=tag`` (a test's whole tree, re-parented or not)."""
+    return faults.tagged(tag)
 
 
 def none_left(tag: str, within: float = 10.0) -> list[psutil.Process]:
@@ -76,7 +72,7 @@ def test_with_proc_hidden_a_storm_is_a_storm_a_hang_ends_at_its_timeout_and_noth
     """How macOS looks to the Linux route, and what a container with no /proc gives: no readings at all."""
     tag = uuid.uuid4().hex
     done = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /proc && exec "$0" -c "$1"', sys.executable, HIDDEN],
-                          capture_output=True, text=True, timeout=240, env={**os.environ, "LABKIT_TEST_TAG": tag})
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "LABKIT_FAULT_TAG": tag})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["storm"] == "ok"  # busy, never called hung for want of a reading
@@ -107,7 +103,7 @@ def test_a_windows_shaped_python_lists_doctors_runs_and_names_what_needs_fork(tm
     and the portable route, which is the one Windows takes. It proves labkit asks for none of it."""
     (tmp_path / "sitecustomize.py").write_text(WINDOWS_SHAPED)
     tag = uuid.uuid4().hex
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "LABKIT_PLATFORM": "portable", "LABKIT_TEST_TAG": tag}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "LABKIT_PLATFORM": "portable", "LABKIT_FAULT_TAG": tag}
 
     def cli(*args):
         return subprocess.run([*LABKIT, *args], capture_output=True, text=True, timeout=240, env=env)
@@ -152,7 +148,7 @@ def test_nothing_is_left_when_the_parent_is_killed_outright(route, start, tmp_pa
     tag = uuid.uuid4().hex
     flag = tmp_path / "worker-started"
     parent = subprocess.Popen([sys.executable, "-c", PARENT, start, str(flag)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "LABKIT_PLATFORM": route, "LABKIT_TEST_TAG": tag, "TMPDIR": str(tmp_path)})
+                              env={**os.environ, "LABKIT_PLATFORM": route, "LABKIT_FAULT_TAG": tag, "TMPDIR": str(tmp_path)})
     try:
         trial = int(parent.stdout.readline().split()[1])
         deadline = time.monotonic() + 60

@@ -127,17 +127,22 @@ def run_isolated(
     ends the call before any trial starts.
     """
     start = checked_start(start)
+    child_env = child_environment(env)
+    call = cloudpickle.dumps((fn, dict(kwargs or {})))
+    asked = time.monotonic()
+    handover, start = _launcher(child_env, start, on_tick)  # may wait for a warm process: no folder exists yet
     with tempfile.TemporaryDirectory(prefix="labkit-trial-") as tmp:
         folder = Path(tmp)
-        child_env = child_environment(env)
-        with open(folder / "call.pkl", "wb") as f:
-            # The parent's sys.path and working folder travel too, so whatever the parent can
-            # import by name (a test module, a notebook's neighbour file) the child can import too.
-            pickle.dump({"path": list(sys.path), "cwd": os.getcwd(), "env": child_env,
-                         "fn": cloudpickle.dumps((fn, dict(kwargs or {})))}, f)
-        (folder / "output.txt").touch()
-        asked = time.monotonic()
-        proc, start = _launch(folder, child_env, start, on_tick)
+        try:
+            with open(folder / "call.pkl", "wb") as f:
+                # The parent's sys.path and working folder travel too, so whatever the parent can
+                # import by name (a test module, a notebook's neighbour file) the child can import too.
+                pickle.dump({"path": list(sys.path), "cwd": os.getcwd(), "env": child_env, "fn": call}, f)
+            (folder / "output.txt").touch()
+            proc = handover.start(folder)
+        except BaseException:
+            handover.cancel()
+            raise
         tree = system.current().tree(proc.pid)
         stacks: dict[int, str] = {}
         try:
@@ -182,22 +187,28 @@ def expect(envs: list[Mapping[str, str | None] | None], start: str | None = None
         warm.expect([child_environment(env) for env in envs])
 
 
-def _launch(folder: Path, env: dict[str, str], start: str, on_wait: Callable[[], None] | None):
-    """The child, and how it started: from the environment's warm process, or a fresh interpreter (asked
-    for, or where the template found itself unsafe to fork). ``on_wait`` runs while a warm process starts."""
+def _launcher(env: dict[str, str], start: str, on_wait: Callable[[], None] | None):
+    """How the child will start, and the start it is: a warm process of the environment, ready (waiting
+    for it here, ``on_wait`` meanwhile), or a fresh interpreter (asked for, or where the template found
+    itself unsafe to fork)."""
     if start == "warm":
         from labkit.isolation import warm
 
         try:
-            return warm.start(folder, env, on_wait), "warm"
+            return warm.prepare(env, on_wait), "warm"
         except warm.TemplateUnsafe as exc:
             say_once(f"the warm template failed its self-check ({exc}): trials start fresh")
-            start = "fresh"
-    with open(folder / "output.txt", "ab") as out:  # stdin: its lifeline (see labkit.isolation._child)
-        return subprocess.Popen(
-            [sys.executable, "-m", "labkit.isolation._child", str(folder), "--lifeline"],
-            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env, **system.current().new_group(),
-        ), start
+
+    def fresh(folder: Path) -> subprocess.Popen:
+        with open(folder / "output.txt", "ab") as out:  # stdin: its lifeline (see labkit.isolation._child)
+            return subprocess.Popen(
+                [sys.executable, "-m", "labkit.isolation._child", str(folder), "--lifeline"],
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env, **system.current().new_group(),
+            )
+
+    from labkit.isolation.warm import Handover
+
+    return Handover(fresh, lambda: None), "fresh"
 
 
 def _wait(proc, tree: Tree, started: Path, asked: float, timeout: float, idle: float | None, on_tick, tick: float):

@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -256,18 +257,29 @@ _starting: str | None = None
 _templates_lock = threading.Lock()
 
 
-def start(folder: Path, env: Mapping[str, str], on_wait: OnWait | None = None) -> WarmChild | subprocess.Popen:
-    """A trial process for ``folder`` (its ``call.pkl`` written): forked from ``env``'s template, or
-    a pre-started interpreter of ``env``, by the platform's route.
+@dataclass(frozen=True)
+class Handover:
+    """A warm process, ready and reserved for one trial: ``start(folder)`` hands it the trial's folder
+    (its ``call.pkl`` written); ``cancel()`` gives the reservation back if no trial comes."""
 
-    A template or a batch of spares is started here, before the trial: never while another trial
-    of this process is being measured (trials that run side by side measure nothing). Raises
-    :class:`TemplateUnsafe` where the template found itself unsafe to fork (the caller starts the
-    trial fresh), and whatever ``on_wait`` raises while a warm process starts (no trial is started).
+    start: Callable[[Path], "WarmChild | subprocess.Popen"]
+    cancel: Callable[[], None]
+
+
+def prepare(env: Mapping[str, str], on_wait: OnWait | None = None) -> Handover:
+    """A warm process of ``env``, ready for one trial: forked from its template, or a pre-started
+    interpreter, by the platform's route.
+
+    Whatever is slow happens here, before the trial's folder exists (so a parent killed meanwhile
+    leaves no folder behind), and before the trial: a template or a batch of spares never imports
+    while another trial of this process is being measured. Raises :class:`TemplateUnsafe` where the
+    template found itself unsafe to fork (the caller starts the trial fresh), and whatever
+    ``on_wait`` raises while a warm process starts (no trial is started).
     """
     key = _key(env)
     if system.current().warm == "spares":
-        return _spare(key, env, on_wait).take(folder)
+        spare = _spare(key, env, on_wait)
+        return Handover(spare.take, spare.close)
     with _templates_lock:
         if key in _unsafe:
             raise TemplateUnsafe(_unsafe[key])
@@ -289,12 +301,19 @@ def start(folder: Path, env: Mapping[str, str], on_wait: OnWait | None = None) -
         with template._changed:
             template.busy += 1  # reserved before the fork, so that no other thread ends this template meanwhile
         _evict()
-    try:
-        return template.fork(folder)
-    except BaseException:
+
+    def unreserve() -> None:
         with template._changed:
             template.busy -= 1
-        raise
+
+    def fork(folder: Path) -> WarmChild:
+        try:
+            return template.fork(folder)
+        except BaseException:
+            unreserve()
+            raise
+
+    return Handover(fork, unreserve)
 
 
 def _key(env: Mapping[str, str]) -> frozenset:

@@ -17,8 +17,9 @@
 #    while that warm process imports them once.
 # 2. **A monitor watches while it runs**: per-core CPU, the trial's threads and context switches, and
 #    each GPU through NVML when there is one.
-# 3. **A/B answers are honest**: variants run interleaved, medians with a 95% bootstrap interval of the
-#    ratio, and "within noise" when that interval holds 1.
+# 3. **A/B answers are honest**: variants run in pairs (a coin decides which goes first), the ratio B/A
+#    with an exact 95% interval, "within noise" when that interval holds 1, and "too few trials to tell"
+#    when the trials cannot back 95%.
 #
 # This notebook runs in quick mode (short runs that still show the real failures) so it finishes in a
 # minute or two on a 2-core laptop.
@@ -100,18 +101,18 @@ broken.to_frame()
 # %% [markdown]
 # ## An A/B comparison, on your own code
 #
-# `labkit.compare` runs two variants interleaved (A B A B ...), each trial isolated, and answers per
-# metric: the median of each side, the ratio B/A with a 95% bootstrap interval, and "within noise"
-# when that interval holds 1. `labkit.compare("thread-storm", "broken", "one-thread")` is notebook 03's
+# `labkit.compare` runs two variants in pairs (a coin decides which goes first in each), each trial
+# isolated, and answers per metric: what happened to each side, the median of each side, the ratio B/A
+# with a 95% interval from an exact rank test, and "within noise" when that interval holds 1. `labkit.compare("thread-storm", "broken", "one-thread")` is notebook 03's
 # centrepiece, and `labkit tour` runs one for every scenario.
 #
 # The same engine takes two functions of your own that return `{metric: value}`. Functions defined in
-# a notebook travel to the child process by value (cloudpickle), so nothing has to be importable. Three
-# repeats keep this quick; the command line's default is five (with three, about one comparison of
-# identical variants in ten claims a difference that is not there).
+# a notebook travel to the child process by value (cloudpickle), so nothing has to be importable. Five
+# trials a side: with three, no rank test can reach 95% (the best it can say is one chance in ten), and
+# labkit answers "too few trials to tell" instead of printing an interval it cannot back.
 #
 # **Predict** before you run: is a Python loop slower than the built-in `sum`, and by a factor that
-# three repeats can tell from noise?
+# five trials a side can tell from noise?
 
 # %%
 import time
@@ -131,7 +132,7 @@ def builtin_sum():
     return {"items_per_s": 2_000_000 / (time.perf_counter() - t0)}
 
 
-mine = labkit.compare_functions(python_loop, builtin_sum, metric="items_per_s", repeats=3, monitor=False)
+mine = labkit.compare_functions(python_loop, builtin_sum, metric="items_per_s", repeats=5, monitor=False)
 mine.table()
 
 # %%
