@@ -88,7 +88,7 @@ WINDOWS_SHAPED = '''
 """A Windows-shaped Python for labkit's test: what Windows lacks and labkit itself would call is gone."""
 import os, signal, sys
 import psutil  # its Linux backend needs resource; on Windows psutil has its own backend
-for name in ("fork", "forkpty", "killpg", "getpgid", "setpgid", "sched_getaffinity"):
+for name in ("fork", "forkpty", "killpg", "getpgid", "setpgid", "sched_getaffinity", "sysconf"):
     if hasattr(os, name):
         delattr(os, name)
 for name in ("SIGUSR1", "SIGUSR2"):

@@ -11,37 +11,46 @@ its end, before the trial or during it, is the lifeline (:func:`labkit.isolation
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 from pathlib import Path
 
 from labkit.isolation._child import NVML_CHECK, main, warm_imports_without_cuda
 
 
-def _line(fd: int = 0) -> str:
-    """One line from ``fd``, a byte at a time: nothing past it is buffered away from the lifeline."""
-    data = b""
-    while not data.endswith(b"\n"):
-        byte = os.read(fd, 1)
-        if not byte:
-            return ""
-        data += byte
-    return data.decode().rstrip("\n")
+def _folder_or_exit() -> "queue.Queue[str]":
+    """Watch the parent's pipe from the start: a thread reads the one line the parent sends (the trial's
+    folder, a byte at a time, so that nothing past it is buffered away from the lifeline) into the
+    returned queue; the pipe's end, during the imports or after, ends this process at once."""
+
+    def read() -> None:
+        data = b""
+        while not data.endswith(b"\n"):
+            byte = os.read(0, 1)
+            if not byte:
+                os._exit(0)  # the parent is gone before it needed this one
+            data += byte
+        folder.put(data.decode().rstrip("\n"))
+
+    folder: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=read, name="labkit-spare-folder", daemon=True).start()
+    return folder
 
 
 def serve() -> None:
+    folder_line = _folder_or_exit()
     added = warm_imports_without_cuda()
     print("ready", flush=True)
-    folder = _line()
-    if not folder:
-        return  # the parent is gone before it needed this one
+    folder = Path(folder_line.get())
     if added:
         del os.environ[NVML_CHECK]
     sys.stdout.flush()
-    out = os.open(Path(folder) / "output.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out = os.open(folder / "output.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
-    main(Path(folder), lifeline=True)
+    main(folder, lifeline=True)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,16 @@ killed outright could not), and exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import selectors
 import shutil
 import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from labkit.isolation._child import NVML_CHECK, main, warm_imports_without_cuda
 from labkit.machine.system_linux import LinuxSystem, fork, kill_group, maps_library
@@ -85,8 +89,30 @@ def check_self() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _exit_if_the_parent_goes() -> Iterator[None]:
+    """While the block runs (the imports: seconds), a thread watches the parent's pipe on stdin, and its
+    end (the parent died) ends this process at once. The thread has ended when the block does: the
+    template forks with no thread of its own. (Nothing is written to the pipe before "ready".)"""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if select.select([sys.stdin], [], [], 0.1)[0] and not os.read(sys.stdin.fileno(), 1):
+                os._exit(0)
+
+    watcher = threading.Thread(target=watch, name="labkit-template-lifeline", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 def serve() -> None:
-    added = warm_imports_without_cuda()
+    with _exit_if_the_parent_goes():
+        added = warm_imports_without_cuda()
     if (unsafe := check_self()) is not None:
         print(f"unsafe {unsafe}", flush=True)  # the parent starts this environment's trials fresh
         return

@@ -80,6 +80,7 @@ class _Warm:
         self.proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, env=dict(env), **popen)
         self._ready = threading.Event()  # set at "ready", or when it ended without saying it
+        self._said_ready = False
         self._unsafe: str | None = None
         threading.Thread(target=self._read, name=f"labkit-{self.what.split()[-1]}-reader", daemon=True).start()
 
@@ -88,6 +89,7 @@ class _Warm:
             kind, _, rest = (raw.decode() if isinstance(raw, bytes) else raw).rstrip("\n").partition(" ")
             if kind == "ready":
                 self.warming = (self.warming[0], time.time())
+                self._said_ready = True
                 self._ready.set()
             elif kind == "unsafe":
                 self._unsafe = rest
@@ -108,7 +110,7 @@ class _Warm:
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set() and self.alive and self._unsafe is None
+        return self._said_ready and self.alive and self._unsafe is None
 
     def wait_ready(self, on_wait: OnWait | None) -> None:
         """Wait for its imports, calling ``on_wait`` every :data:`TICK` (which may raise to give up: the
@@ -250,7 +252,7 @@ class Spare(_Warm):
 
 _templates: OrderedDict[frozenset, Template] = OrderedDict()
 _spares: OrderedDict[frozenset, list[Spare]] = OrderedDict()
-_spares_started: list[Spare] = []  # every spare this process started: when each imported
+_started: list[_Warm] = []  # every template and spare this process started: when each imported
 _expected: dict[frozenset, int] = {}  # trials still expected per environment (expect())
 _unsafe: dict[frozenset, str] = {}  # environments whose template failed its self-check, and why
 _starting: str | None = None
@@ -287,6 +289,7 @@ def prepare(env: Mapping[str, str], on_wait: OnWait | None = None) -> Handover:
         template = _templates.get(key)
         if template is None or not template.alive:
             template = _templates[key] = Template(env)
+            _started.append(template)
         try:
             _wait_ready(template, on_wait)
         except TemplateUnsafe as exc:
@@ -358,7 +361,7 @@ def _spare(key: frozenset, env: Mapping[str, str], on_wait: OnWait | None) -> Sp
             size = max(1, min(_expected.get(key, 1), MAX_SPARES))
             _evict_spares(room=size)
             batch.extend(Spare(env) for _ in range(size))
-            _spares_started.extend(batch)
+            _started.extend(batch)
         for spare in list(batch):
             try:
                 _wait_ready(spare, on_wait)
@@ -428,9 +431,9 @@ def shutdown() -> None:
 
 
 def warming_windows() -> list[tuple[float, float]]:
-    """When each live template, and each spare started here, imported (wall clock, start and end; NaN while
-    it still imports): for the check that warming never overlaps a measured trial."""
-    return [t.warming for t in list(_templates.values()) if t.alive] + [s.warming for s in list(_spares_started)]
+    """When each template and spare started here imported (wall clock, start and end; NaN while it still
+    imports): for the check that warming never overlaps a measured trial."""
+    return [process.warming for process in list(_started)]
 
 
 def live_templates() -> list[int]:

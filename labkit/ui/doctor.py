@@ -33,7 +33,7 @@ warm_imports_without_cuda()  # what a warm template imports; then its own self-c
 try:
     from labkit.isolation._template import check_self
     template_check = check_self() or "ok"
-except ImportError:  # no fork route here (no os.fork, no resource module)
+except (ImportError, AttributeError):  # no fork route here (no os.fork, no resource module, no os.sysconf)
     template_check = None
 import multiprocessing, torch, threadpoolctl
 info = {
