@@ -157,9 +157,10 @@ def test_a_hung_trials_figure_marks_its_start_up_and_the_stillness_that_called_i
     assert 0 < marks["first_line"] < marks["still_since"] < marks["hung"]
     assert abs(marks["hung"] - marks["first_line"] - trial.seconds) < 0.05
     assert abs(marks["hung"] - marks["still_since"] - 3.0) < 0.05  # the scenario's idle_after
-    fig = monitor_figure(trial.samples, "hang")
-    labels = fig.axes[1].get_legend_handles_labels()[1]
-    assert "no CPU: every thread blocked" in labels
+    fig = monitor_figure(trial, "hang")
+    timeline = fig.axes[0]
+    assert [t.get_text() for t in timeline.get_yticklabels()] == ["trial", "hang"]
+    assert "no CPU: every thread blocked, 3.0 s" in [t.get_text() for t in timeline.texts]
     assert "no GPU: CPU only" in [t.get_text() for t in fig.texts]
     assert not any("GPU" in ax.get_title(loc="left") for ax in fig.axes)  # no empty GPU panel
 

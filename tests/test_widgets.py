@@ -1,10 +1,12 @@
 """Panels: Run in a background thread, Stop kills the trial, the table grows, bad settings are messages."""
 
+import html
 import re
 import time
 
 import psutil
 
+from labkit.core.trial import Trial
 from labkit.machine import monitor, nvml
 from labkit.ui.widgets import device_map_panel, panel
 
@@ -16,7 +18,7 @@ def test_run_twice_grows_the_table_and_draws_the_plot(cheap):
         runner.run_button.click()
         assert runner.stop_button.disabled is False  # the click returned while the trial runs
         runner.thread.join(60)
-        assert len(runner.rows) == expected_rows and runner.table.value.count("<tr>") == expected_rows  # body rows
+        assert len(runner.rows) == expected_rows and runner.table.value.split("<tbody>")[1].count("<tr>") == expected_rows
     assert "<b>ok</b>" in runner.status.value and runner.run_button.disabled is False
     assert runner.plot.value[:4] == b"\x89PNG"
 
@@ -85,9 +87,59 @@ def test_the_results_table_reads_settings_outcome_metrics_error_whichever_run_ca
 
     table = results_html([{"run": 1, "threads": 2, "outcome": "raised", "error": "boom"},
                           {"run": 2, "threads": 4, "outcome": "ok", "tokens_per_s": 12.5, "error": ""}])
-    header = re.findall(r"<th>(.*?)</th>", table)
+    header = [re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<th[^>]*>(.*?)</th>", table)]
     assert header == ["run", "threads", "outcome", "tokens_per_s", "error"]
     assert "NaN" not in table and "–" in table
+
+
+def _cells(table: str) -> list[list[str]]:
+    body = table.split("<tbody>")[1]
+    return [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_the_table_reads_as_a_reader_wants_it():
+    """03's panel in JupyterLab: os_threads 12.0, ctx_involuntary 2180.0 (of 2183), an error cut mid-word
+    at 80 characters with no ellipsis, and headers too wide for the 900 px box."""
+    from labkit.ui.widgets import ERROR_CHARS, results_html
+
+    error = ("RuntimeError: Expected all tensors to be on the same device, but found at least two devices, "
+             "cuda:1 and cuda:0! (when checking argument for argument mat2 in method wrapper_CUDA_mm)")
+    table = results_html([{"run": 1, "variant": "broken", "vocab": 151936, "outcome": "raised",
+                           "os_threads": 12, "ctx_involuntary": 2183.0, "cpu_s_per_token": 0.0961234, "error": error},
+                          {"run": 2, "variant": "one-thread", "vocab": 151936, "outcome": "ok", "os_threads": 4,
+                           "ctx_involuntary": float("nan"), "cpu_s_per_token": 0.0123, "error": ""}],
+                         {"cpu_s_per_token": "CPU s/token"})
+    first, second = _cells(table)
+    assert first[:7] == ["1", "broken", "151,936", "raised", "12", "2,183", "0.0961"]
+    assert second[:7] == ["2", "one-thread", "151,936", "ok", "4", "–", "0.0123"]
+    shown = html.unescape(first[-1])
+    assert shown.endswith("…") and len(shown) <= ERROR_CHARS + 1 and error.startswith(shown[:-1])
+    assert error[len(shown) - 1] == " " and shown[:-1] == shown[:-1].rstrip()  # cut at a word, not in one
+    assert f"title='{html.escape(error, quote=True)}'" in table  # the whole text on hover
+    assert "cpu_s_<wbr>per_<wbr>token<br>" in table and "CPU s/token" in table  # wraps only between its words
+    assert second[-1] == "–"
+
+
+def test_a_cut_error_is_whole_under_the_table(cheap):
+    from labkit.isolation.isolated import Outcome
+    from labkit.ui.plots import LivePlot
+
+    runner = panel("test-count").runner
+    error = "ValueError: " + " ".join(f"word{i}" for i in range(60))
+    trial = Trial("test-count", "slow", 0, Outcome.RAISED, error, 0.1, {"items_per_s": 5.0}, {"items": 10})
+    runner.record(trial, LivePlot("x", image=runner.plot), {"variant": "slow", "items": 10})
+    assert f"<b>error</b>: {error}" in runner.details.value
+    assert "items_<wbr>per_s<br><span style='font-weight:normal;color:#777'>1/s</span>" in runner.table.value
+
+
+def test_a_slider_reaches_past_the_starting_value_where_the_setting_allows():
+    """03's vocab slider stopped at its starting 151,936 where the setting allows 300,000."""
+    controls = panel("thread-storm", knobs=["workers", "vocab", "tokens"]).controls
+    assert controls["vocab"].max == 300_000 and controls["vocab"].value == 151_936
+    assert controls["workers"].max == 16 and controls["tokens"].max == 16  # counts stay kind to a laptop
+    assert panel("thread-race", knobs=["threads"]).controls["threads"].max == 16  # 8 requests to start: still 16
+    assert controls["vocab"].readout_format == ",d"
 
 
 def test_without_a_widget_front_end_a_panel_says_what_it_is_and_the_call_that_does_it(cheap):

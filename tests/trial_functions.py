@@ -68,3 +68,17 @@ async def async_nap(state, seconds, times=1):
 
 def stamp(k=1):
     return {"at": time.time()}
+
+
+def measures_a_window(before=0.4, measured=0.6):
+    """Busy ``before`` seconds (its set-up), then ``measured`` seconds that it measures, and the window it
+    measured in seconds from its first line (``measured_start_s``, ``measured_end_s``), as a scenario
+    that times part of its run reports it for the figures."""
+    entered = time.monotonic()
+    while time.monotonic() < entered + before:
+        pass
+    start = time.monotonic()
+    while time.monotonic() < start + measured:
+        pass
+    end = time.monotonic()
+    return {"items_per_s": 1.0 / (end - start), "measured_start_s": start - entered, "measured_end_s": end - entered}

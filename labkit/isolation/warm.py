@@ -42,7 +42,7 @@ from typing import Callable, Mapping
 
 from labkit.machine import system
 
-MAX_TEMPLATES = 2  # environments kept warm at once; each template holds torch and transformers (~0.25 GB)
+MAX_TEMPLATES = 2  # environments kept warm at once; each template holds torch and transformers (0.33 GiB)
 # Pre-started interpreters, all environments together, at most (~0.25 GB each). When an environment
 # has none ready, as many start side by side as trials are expected there (expect()), up to this.
 MAX_SPARES = 4

@@ -55,7 +55,7 @@ compiled = register(
                    "in the pool",
                    "set it in each serving thread or run in `contextvars.copy_context()`; mark dynamic dimensions"),
         ),
-        confirmed_on={"torch": ("2.13", "2.14")},
+        confirmed_on={"torch": ("2.13", "2.14", "2.15")},
         confirmed_setup="dynamo's eager backend, CPU; the config is per thread from torch 2.12",
         knobs=(
             positive("shapes", 12, "batch sizes served, 1 to shapes: one graph each with dynamic=False", high=64),

@@ -102,7 +102,7 @@ mismatch = register(
                    "the dispatch hook moves the KV cache to the main device",
                    "`skip_keys=model._skip_keys_device_placement`, with the cache argument's current name"),
         ),
-        confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24"), "accelerate": ("1.15",)},
+        confirmed_on={"torch": ("2.11", "2.13", "2.14", "2.15"), "transformers": ("5.17", "5.23", "5.24"), "accelerate": ("1.15",)},
         confirmed_setup="the cache passed as tuples, as transformers < 4.36 did; cpu + meta, and cpu + cuda:0 on an H100",
         knobs=(
             devices_knob("'auto' or 'A,B': A is the main device (embeddings first), B the other",

@@ -65,7 +65,7 @@ oom = register(
                    "the failing rank lives on; its peer waits in a collective",
                    "a collective timeout; errors handed to whoever waits; a KV budget check on every rank"),
         ),
-        confirmed_on={"torch": ("2.13", "2.14"), "transformers": ("5.23", "5.24")},
+        confirmed_on={"torch": ("2.13", "2.14", "2.15"), "transformers": ("5.23", "5.24")},
         confirmed_setup="gloo, 2 CPU ranks on loopback; transformers' StaticCache",
         knobs=(
             positive("tokens", 48, "new tokens the request asks for", high=1024),

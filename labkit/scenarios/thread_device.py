@@ -84,7 +84,7 @@ threaded = register(
                    "the default device and current CUDA device belong to a thread",
                    "name the device index everywhere; make and use tensors in one thread"),
         ),
-        confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24")},
+        confirmed_on={"torch": ("2.11", "2.13", "2.14", "2.15"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="2-core x86-64 (cpu + meta); an H100 (cpu + cuda:0)",
         knobs=(
             devices_knob("'auto' or 'A,B': A is where a new thread's tensors land, B the context's device",

@@ -101,7 +101,7 @@ race = register(
             Lesson("throughput wall", "more threads, no more tokens/s", "the GIL and one device queue serialise the threads",
                    "batch the requests"),
         ),
-        confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24")},
+        confirmed_on={"torch": ("2.11", "2.13", "2.14", "2.15"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="Qwen3 with Qwen-1's rotary pattern: 2-core x86-64 and an H100 (cuda:0); with transformers' "
                         "dynamic RoPE: 2-core x86-64 on transformers 5.24",
         knobs=(

@@ -87,7 +87,7 @@ storm = register(
                    "each worker process keeps a thread per core, and OpenMP threads spin while they wait",
                    "`torch.set_num_threads(1)` per worker; `OMP_WAIT_POLICY=PASSIVE`; one bounded pool"),
         ),
-        confirmed_on={"torch": ("2.11", "2.13", "2.14"), "transformers": ("5.17", "5.23", "5.24")},
+        confirmed_on={"torch": ("2.11", "2.13", "2.14", "2.15"), "transformers": ("5.17", "5.23", "5.24")},
         confirmed_setup="sampling on the CPU, OpenMP (libgomp); 2-core x86-64, and the 16-core host of an H100",
         knobs=(
             positive("workers", 4, "concurrent workers (processes, or threads with workers_as=threads)", high=64),
@@ -217,7 +217,9 @@ def _in_threads(knobs: dict, setup: Callable[[], Any], sampler: Callable = sampl
 
 
 def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: bool = False, sampler: Callable = sample) -> dict[str, float]:
-    """Run the workers, then turn their raw counters into the scenario's metrics."""
+    """Run the workers, then turn their raw counters into the scenario's metrics, and the generation's
+    window (seconds from here, microseconds after the trial's first line), which the plots mark."""
+    entered = time.monotonic()
     notes = {}
     if knobs["model"] != TINY:
         from labkit.llm.models import config_of
@@ -232,7 +234,8 @@ def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: boo
     expected = knobs["workers"] * knobs["batch"] * knobs["tokens"]
     if tokens != expected:
         raise RuntimeError(f"generated {tokens} tokens, expected {expected}")
-    wall = max(s["end"] for s in stats) - min(s["start"] for s in stats)
+    start, end = min(s["start"] for s in stats), max(s["end"] for s in stats)
+    wall = end - start
     cpu = sum(s["cpu_s"] for s in stats)
     cores = usable_cores()
     return {
@@ -242,6 +245,8 @@ def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: boo
         **_total(stats, "ctx", "ctx_involuntary"),
         "threads_per_core": knobs["workers"] * intra_op / cores,
         "wall_s": wall,
+        "measured_start_s": start - entered,
+        "measured_end_s": end - entered,
         **notes,
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import html
 import inspect
 import textwrap
 from dataclasses import dataclass
@@ -32,6 +33,31 @@ class Code:
 
     def _repr_markdown_(self) -> str:
         return f"**{self.title}**\n\n```{self.language}\n{self.text}\n```"
+
+    def _repr_html_(self) -> str:
+        """The block as JupyterLab should show it: a notebook's output area wraps ``<pre>`` anywhere
+        (``word-break: break-all``), which cuts identifiers mid-word ("Calla/ble"); here each line stays
+        whole and a long one scrolls. Colours are inline, so they survive an untrusted notebook's
+        sanitizer (front ends that prefer Markdown get :meth:`_repr_markdown_`)."""
+        return (f"<p><b>{html.escape(self.title)}</b></p>"
+                f"<pre style='{PRE_STYLE}'>{_highlighted(self.text, self.language)}</pre>")
+
+
+# One line per line: no wrapping, so no identifier is ever split; a long line scrolls instead.
+PRE_STYLE = ("white-space:pre;word-break:normal;overflow-wrap:normal;overflow-x:auto;padding:6px 8px;"
+             "background-color:#f7f7f7;color:#1f1f1f;line-height:1.35")
+
+
+def _highlighted(text: str, language: str) -> str:
+    """``text`` as HTML spans with inline colours (Pygments, which IPython brings), or escaped as it is."""
+    try:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import DiffLexer, PythonLexer
+    except ImportError:
+        return html.escape(text)
+    lexer = DiffLexer() if language == "diff" else PythonLexer()
+    return highlight(text, lexer, HtmlFormatter(noclasses=True, nowrap=True, style="default")).rstrip("\n")
 
 
 def _source(fn: Callable) -> str:

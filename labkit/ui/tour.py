@@ -21,7 +21,7 @@ from labkit.core._json import jsonable
 from labkit.core.compare import Comparison, compare
 from labkit.ui.doctor import doctor
 from labkit.machine.versions import confirmed_text, scenario_standing
-from labkit.ui.plots import comparison_figure, monitor_figure, save
+from labkit.ui.plots import comparison_figure, monitor_figure, save, too_short
 from labkit.core.scenario import all_scenarios, get
 from labkit.core.runner import Options, check_repeats
 
@@ -61,13 +61,18 @@ def tour(
         figures = [save(comparison_figure(result), folder / (f"{scen.name}-ab.png" if i == 0 else
                                                              f"{scen.name}-{result.a.variant}-{result.b.variant}-ab.png")).name
                    for i, result in enumerate(results)]
+        said = []  # a trial too short to draw gets a sentence where its figure would be
         for side in (results[0].a, results[0].b):
             trial = side.trials[0]
-            if trial.samples is not None and len(trial.samples):
-                fig = monitor_figure(trial.samples, f"{scen.name} / {side.variant} (trial 0: {trial.outcome})")
-                figures.append(save(fig, folder / f"{scen.name}-{side.variant}-monitor.png").name)
-        sections.append(_section(scen, results, figures))
-        pages.append(_html_section(scen, results, [folder / name for name in figures]))
+            if trial.samples is None:
+                continue
+            if (why := too_short(trial.samples, trial, f"{scen.name} / {side.variant}, trial 0")) is not None:
+                said.append(why)
+                continue
+            fig = monitor_figure(trial, f"{scen.name} / {side.variant}, trial 0")  # its measured window marked
+            figures.append(save(fig, folder / f"{scen.name}-{side.variant}-monitor.png").name)
+        sections.append(_section(scen, results, figures, said))
+        pages.append(_html_section(scen, results, [folder / name for name in figures], said))
     table = pd.DataFrame(rows)
     (folder / "results.json").write_text(json.dumps(jsonable([c.to_dict() for c in comparisons]), indent=2))
     env = doctor()
@@ -102,7 +107,7 @@ def tour_verdict(result: Comparison) -> str:
     fix_failed = sum(t.outcome != expect for t in result.b.trials)
     n = len(result.a.trials)
     if broken_failed and not fix_failed:
-        fix_did = "none" if expect == "ok" else f"{expect} in every trial, as it should"
+        fix_did = f"ok in {n} of {n}" if expect == "ok" else f"{expect} in every trial, as it should"
         return f"fixed: {result.a.variant} failed {broken_failed} of {n} ({result.a.outcome_text()}), {result.b.variant} {fix_did}"
     if fix_failed:
         return f"not fixed: {result.b.variant} failed {fix_failed} of {n} ({result.b.outcome_text()})"
@@ -119,11 +124,12 @@ def _provenance(scen) -> str:
     return " ".join(filter(None, parts))
 
 
-def _section(scen, results: list[Comparison], figures: list[str]) -> str:
+def _section(scen, results: list[Comparison], figures: list[str], said: list[str]) -> str:
     lines = [f"## {scen.name}", "", scen.summary, "", _provenance(scen), ""]
     for result in results:
         lines += [f"**{tour_verdict(result)}**", "", f"On {result.metric.name}: {result.verdict}.", ""]
     lines += [f"![{name}]({name})" for name in figures]
+    lines += [f"*{text}*" for text in said]
     return "\n".join(lines)
 
 
@@ -149,7 +155,7 @@ img {{ max-width: 100%; display: block; margin: 1em 0; }}
 """
 
 
-def _html_section(scen, results: list[Comparison], figures: list[Path]) -> str:
+def _html_section(scen, results: list[Comparison], figures: list[Path], said: list[str]) -> str:
     first = results[0]
     notes = first.a.trials[0].notes if first.a.trials else {}
     parts = [f"<section id='{html.escape(scen.name)}'><h2>{html.escape(scen.name)}</h2>",
@@ -162,8 +168,10 @@ def _html_section(scen, results: list[Comparison], figures: list[Path]) -> str:
                   result.table().to_html(escape=True, na_rep="–", float_format=_fmt)]
     parts += [f"<img alt='{html.escape(path.name)}' src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
               for path in figures]
+    parts += [f"<p><i>{html.escape(text)}</i></p>" for text in said]
     return "\n".join(parts) + "</section>"
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.4g}"
+    """Four significant digits; a dash where a side measured nothing (every trial failed)."""
+    return "–" if math.isnan(value) else f"{value:.4g}"

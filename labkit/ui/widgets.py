@@ -15,17 +15,18 @@ import threading
 from typing import Any, Mapping, Sequence
 
 import ipywidgets as w
-import pandas as pd
 
 from labkit.core import scenario as registry
 from labkit.core.errors import BadInput
 from labkit.isolation import warm
 from labkit.machine.monitor import NO_GPU, has_gpu
-from labkit.ui.plots import LivePlot
+from labkit.ui.plots import WINDOW, LivePlot, readable
 from labkit.core.runner import run
 from labkit.core.trial import Trial
 
 SLIDER_CAP = 16  # counts beyond this make a 2-core laptop crawl; the CLI takes any allowed value
+SLIDER_REACH = 4  # a setting that starts above the cap (a vocabulary of 151,936) reaches 4x that, up to its own limit
+ERROR_CHARS = 100  # an error in the table: its first words, the whole text on hover and under the table
 STYLE = {"description_width": "initial"}
 
 
@@ -53,6 +54,7 @@ class Runner:
         for name in ("run_button", "stop_button", "status", "plot", "table", "details"):
             getattr(self, name).add_class(f"labkit-{name.replace('_', '-')}")  # for the browser test
         self.rows: list[dict[str, Any]] = []
+        self.units: dict[str, str] = {}  # each metric's unit, for the table's header
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.stop_button.on_click(lambda _: self._stop.set())
@@ -109,7 +111,7 @@ class Runner:
         except Stopped:
             self.rows.append({"run": len(self.rows) + 1, "variant": variant, **shown, "outcome": "stopped",
                               "error": "Stop pressed" + (" while its warm process started: no trial ran" if waited else "")})
-            self.table.value = results_html(self.rows)
+            self.table.value = results_html(self.rows, self.units)
             self.say(f"{html.escape(variant)}: stopped; " + ("no trial was started" if waited
                                                              else "the trial's processes were killed"))
         except Exception as exc:  # noqa: BLE001 - a panel shows what went wrong instead of dying silently
@@ -118,27 +120,87 @@ class Runner:
             self.run_button.disabled, self.stop_button.disabled = False, True
 
     def record(self, trial: Trial, live: LivePlot, shown: Mapping[str, Any]) -> None:
-        """Show a finished trial: its final plot, a new table row, its stacks if it hung, its notes."""
+        """Show a finished trial: its final plot (its measured window marked; a sentence where it was
+        too short to draw), a new table row, its whole error where the table cut it, its stacks if it
+        hung, its notes."""
         if trial.samples is not None:
-            live.show(trial.samples)
+            live.show(trial)
         self.rows.append({"run": len(self.rows) + 1, **shown, "outcome": trial.outcome.value,
-                          **{k: float(f"{v:.3g}") for k, v in trial.metrics.items()}, "error": trial.error or ""})
-        self.table.value = results_html(self.rows)
-        parts = [f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in trial.notes.items()]
+                          **{k: v for k, v in trial.metrics.items() if k not in WINDOW}, "error": trial.error or ""})
+        self.units.update({m.name: m.unit for m in registry.get(trial.scenario).metrics})
+        self.table.value = results_html(self.rows, self.units)
+        error = trial.error or ""
+        parts = [f"<b>error</b>: {html.escape(error)}"] if cut(error) != error else []  # the table shows its start
+        parts += [f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in trial.notes.items()]
         parts += [f"<b>stacks of process {pid}</b><pre>{html.escape(text)}</pre>" for pid, text in trial.stacks.items()]
         self.details.value = "<br>".join(parts)
         took = "" if shown.get("gpus") else f" in {trial.seconds:.1f} s"  # no time from virtual GPUs: it is the CPU's
         self.say(f"{html.escape(shown.get('variant', ''))}: <b>{trial.outcome}</b>{took}")
 
 
-def results_html(rows: list[dict[str, Any]]) -> str:
-    """The runs as a table that fits the panel: settings, outcome, metrics, error (a reader's order,
-    whichever row brought a column first), a dash where a run has no value, long errors cut."""
-    table = pd.DataFrame(rows)
-    table = table[[c for c in table if c != "error"] + ["error"]]
-    table["error"] = table["error"].str.slice(0, 80)
-    body = table.to_html(index=False, na_rep="–", border=0)
-    return f"<div style='max-width:900px;overflow-x:auto;font-size:90%'>{body}</div>"
+def results_html(rows: list[dict[str, Any]], units: Mapping[str, str] | None = None) -> str:
+    """The runs as a table that fits the panel: settings, outcome, metrics, error (a reader's
+    order, whichever row brought a column first). Numbers as a reader wants them (whole numbers as
+    integers, three significant digits, a dash where a run has none), each metric's unit under its
+    name, names that wrap only after an underscore, and errors cut at a word with an ellipsis (the whole
+    text on hover, and under the table for the latest run)."""
+    units = units or {}
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if c != "error"] + ["error"]
+    head = "".join(_header(c, units.get(c, "")) for c in columns)
+    body = "".join("<tr>" + "".join(_cell(c, row.get(c)) for c in columns) + "</tr>" for row in rows)
+    return (f"<div style='max-width:100%;overflow-x:auto'><table style='{TABLE_STYLE}'>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
+TABLE_STYLE = "border-collapse:collapse;font-size:85%;line-height:1.3;width:100%"  # the error takes what is left
+_PAD = "padding:2px 4px;vertical-align:top"
+
+
+def _breakable(text: str, after: str) -> str:
+    """``text`` escaped, free to wrap after each character of ``after`` (a device map after its commas)."""
+    escaped = html.escape(text)
+    for char in after:
+        escaped = escaped.replace(char, f"{char}<wbr>")
+    return escaped
+
+
+def _header(name: str, unit: str) -> str:
+    said = f"<br><span style='font-weight:normal;color:#777'>{html.escape(unit)}</span>" if unit else ""
+    align = "left" if name in ("variant", "outcome", "error") else "right"
+    words = []  # wraps after an underscore, never before a word of one or two letters ("wall_s", "per_s")
+    for word in name.split("_"):
+        if words and len(word) <= 2:
+            words[-1] += f"_{word}"
+        else:
+            words.append(word)
+    named = "_<wbr>".join(html.escape(word) for word in words)
+    return f"<th style='{_PAD};text-align:{align};border-bottom:1px solid #999'>{named}{said}</th>"
+
+
+def _cell(name: str, value: Any) -> str:
+    if name == "error":
+        text = str(value or "")
+        shown = html.escape(cut(text)) if text else "–"
+        return (f"<td style='{_PAD};min-width:9em;white-space:normal' "
+                f"title='{html.escape(text, quote=True)}'>{shown}</td>")
+    if isinstance(value, str):
+        colour = ";color:#b00" if name == "outcome" and value not in ("ok", "stopped") else ""
+        wraps = "normal" if any(c in value for c in ",/") else "nowrap"  # a device map wraps after its commas
+        return f"<td style='{_PAD};text-align:left;white-space:{wraps}{colour}'>{_breakable(value, ',/')}</td>"
+    return f"<td style='{_PAD};text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums'>{readable(value)}</td>"
+
+
+def cut(text: str, limit: int = ERROR_CHARS) -> str:
+    """``text``'s first line, at most ``limit`` characters, cut after a whole word with an ellipsis where
+    anything was left out (a traceback's first line is the exception and its message)."""
+    whole = text.strip()
+    line = whole.split("\n")[0]
+    if len(line) > limit:
+        head = line[:limit + 1]
+        line = head.rsplit(" ", 1)[0] if " " in head else line[:limit]
+    elif line == whole:
+        return line
+    return line.rstrip(" ,;:") + "…"
 
 
 def _control(knob: registry.Knob, value: Any, bounds: tuple[float, float] | None) -> w.Widget:
@@ -151,8 +213,9 @@ def _control(knob: registry.Knob, value: Any, bounds: tuple[float, float] | None
         return w.Text(value=value, description=knob.name, placeholder=knob.help, style=style)
     low, high = bounds or (knob.low if knob.low is not None else 0, knob.high if knob.high is not None else 100)
     if isinstance(knob.default, int):
-        high = min(high, max(SLIDER_CAP, value)) if bounds is None else high
-        return w.IntSlider(value=value, min=low, max=high, description=knob.name, style=style)
+        reach = SLIDER_CAP if value <= SLIDER_CAP else SLIDER_REACH * value
+        high = min(high, reach) if bounds is None else high
+        return w.IntSlider(value=value, min=low, max=high, description=knob.name, style=style, readout_format=",d")
     return w.FloatSlider(value=value, min=low, max=high, step=(high - low) / 100, description=knob.name, style=style)
 
 
