@@ -3,7 +3,8 @@
 The package, by folder:
 
 * ``core/``: the framework. Scenarios, variants and knobs; trials and their results; the one
-  runner under ``run``, ``compare`` and ``sweep``; A/B statistics; what variants share.
+  runner under ``run``, ``compare`` and ``sweep``; A/B statistics; what variants share; your own
+  function tried as a variant (``try_variant``, the notebooks' exercises).
 * ``isolation/``: one process per trial (forked from a warm template, or a fresh interpreter),
   timeouts and stillness, stacks of a hang, nothing left behind.
 * ``machine/``: what the machine is and does: the CPU/GPU monitor, NVML, the releases installed.
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from labkit.core.compare import Comparison, compare, compare_functions, paired_ratio_ci, ratio_ci
     from labkit.core.errors import BadInput, WrongResult
+    from labkit.core.exercise import Attempt, try_variant
     from labkit.core.runner import run
     from labkit.core.scenario import Knob, Metric, Scenario, Variant, all_scenarios, get, register
     from labkit.core.sweep import Sweep, sweep
@@ -44,13 +46,14 @@ if TYPE_CHECKING:
     from labkit.ui.code import Code, show_code, variant_code, variant_diff
     from labkit.ui.doctor import doctor
     from labkit.machine.monitor import Monitor
-    from labkit.ui.plots import LivePlot, comparison_figure, monitor_figure, sweep_figure
+    from labkit.ui.plots import LivePlot, comparison_figure, monitor_figure, sweep_figure, variants_figure
     from labkit.ui.widgets import device_map_panel, panel
 
 _WHERE = {
     "Comparison": "core.compare", "compare": "core.compare", "compare_functions": "core.compare",
     "paired_ratio_ci": "core.compare", "ratio_ci": "core.compare",
     "BadInput": "core.errors", "WrongResult": "core.errors",
+    "Attempt": "core.exercise", "try_variant": "core.exercise",
     "run": "core.runner",
     "Knob": "core.scenario", "Metric": "core.scenario", "Scenario": "core.scenario", "Variant": "core.scenario",
     "all_scenarios": "core.scenario", "get": "core.scenario", "register": "core.scenario",
@@ -67,6 +70,7 @@ _WHERE = {
     "doctor": "ui.doctor",
     "Monitor": "machine.monitor",
     "LivePlot": "ui.plots", "comparison_figure": "ui.plots", "monitor_figure": "ui.plots", "sweep_figure": "ui.plots",
+    "variants_figure": "ui.plots",
     "device_map_panel": "ui.widgets", "panel": "ui.widgets",
 }
 __all__ = sorted(_WHERE)

@@ -4,8 +4,10 @@
     python tools/build_notebooks.py 03         # those whose name starts with 03
 
 The sources use the percent format: a line ``# %%`` starts a code cell, ``# %% [markdown]`` a
-markdown cell whose lines start with ``# ``. Executing here saves each cell's output, which is what
-``pytest --nbval-lax`` compares for cells marked ``# NBVAL_CHECK_OUTPUT``. Needs ``nbclient``.
+markdown cell whose lines start with ``# ``, and ``# %% solution`` a code cell whose source is folded
+(an exercise's worked solution: its output shows, its code when the reader unfolds it). Executing
+here saves each cell's output, which is what ``pytest --nbval-lax`` compares for cells marked
+``# NBVAL_CHECK_OUTPUT``. Needs ``nbclient``.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ def parse(text: str) -> nbformat.NotebookNode:
         body = "\n".join(lines).strip("\n")
         if kind == "markdown":
             cells.append(nbformat.v4.new_markdown_cell("\n".join(l[2:] if l.startswith("# ") else l.lstrip("#") for l in body.splitlines())))
-        elif kind == "code" and body:
+        elif kind in ("code", "solution") and body:
             cells.append(nbformat.v4.new_code_cell(body))
+            if kind == "solution":
+                cells[-1].metadata.update(jupyter={"source_hidden": True}, tags=["solution"])
 
     for line in text.splitlines():
         if line.startswith("# %%"):
             flush()
-            kind, lines = ("markdown" if "[markdown]" in line else "code"), []
+            kind = "markdown" if "[markdown]" in line else "solution" if line.split()[2:3] == ["solution"] else "code"
+            lines = []
         else:
             lines.append(line)
     flush()

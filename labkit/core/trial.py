@@ -23,6 +23,10 @@ from labkit.isolation.stacks import frames
 from labkit.machine.versions import running_on
 
 
+# Seconds from a trial's first line to the start and end of what its scenario measures (thread-storm's
+# generation, after its workers start): reported with the metrics, drawn by the plots, no metric of its own.
+WINDOW = ("measured_start_s", "measured_end_s")
+
 @dataclass(frozen=True)
 class Trial:
     scenario: str
@@ -55,9 +59,18 @@ class Trial:
                    metrics=_numbers(value), notes=notes, **carried)
 
     def stack_frames(self) -> pd.DataFrame:
-        """The stacks of a hung trial as rows: pid, thread, main (thread), depth (0 innermost), function, file, line."""
-        return pd.DataFrame([vars(f) for f in frames(self.stacks)],
-                            columns=["pid", "thread", "main", "depth", "function", "file", "line"])
+        """The stacks of a hung trial as rows: pid, thread, main (thread), depth (0 innermost), function, file, line.
+
+        A thread is named as a reader tells them apart, ``main`` or ``thread 2``, ``thread 3``... in the
+        order its process printed them (not by its address); a file by its path as imported
+        (``torch/distributed/distributed_c10d.py``, ``threading.py``), not by where this machine keeps it.
+        """
+        rows, names = [], {}
+        for f in frames(self.stacks):
+            others = sum(pid == f.pid and name != "main" for (pid, _), name in names.items())
+            name = names.setdefault((f.pid, f.thread), "main" if f.main else f"thread {others + 2}")
+            rows.append({**vars(f), "thread": name, "file": _as_imported(f.file)})
+        return pd.DataFrame(rows, columns=["pid", "thread", "main", "depth", "function", "file", "line"])
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -91,6 +104,18 @@ class Trial:
 
 
 _TRIAL_FIELDS = {f.name for f in fields(Trial)}
+
+
+def _as_imported(path: str) -> str:
+    """``path`` relative to the longest import root that holds it (site-packages, the standard library,
+    labkit's own folder), as ``import`` finds it; unchanged where none does."""
+    import sys
+
+    import labkit
+
+    roots = [*(p for p in sys.path if p and Path(p).is_absolute()), str(Path(labkit.__file__).parent.parent)]
+    found = [root.rstrip("/") + "/" for root in roots if path.startswith(root.rstrip("/") + "/")]
+    return path[len(max(found, key=len)):] if found else path
 
 
 def _numbers(value: Mapping[str, Any]) -> dict[str, float]:
@@ -192,14 +217,15 @@ def variants_table(trials: Mapping[str, Trial], *, metrics: Sequence[str] | None
     NaN), ``digits`` rounds the numbers, ``notes`` adds what each trial said of itself and ``errors``
     the first line of its error."""
     def numbers(t: Trial) -> dict[str, float | None]:
-        found = {"seconds": t.seconds, **{m: t.metrics.get(m) for m in (t.metrics if metrics is None else metrics)}}
+        chosen = [m for m in t.metrics if m not in WINDOW] if metrics is None else metrics
+        found = {"seconds": t.seconds, **{m: t.metrics.get(m) for m in chosen}}
         return found if digits is None else {k: v if v is None else round(v, digits) for k, v in found.items()}
 
     parts = [pd.DataFrame.from_dict({v: {"outcome": t.outcome.value, **numbers(t)} for v, t in trials.items()}, orient="index")]
     if notes:
         parts.append(pd.DataFrame.from_dict({v: dict(t.notes) for v, t in trials.items()}, orient="index"))
     if errors:
-        parts.append(pd.Series({v: (t.error or "").strip().split("\n")[0][:90] for v, t in trials.items()}, name="error"))
+        parts.append(pd.Series({v: (t.error or "").strip().split("\n")[0][:200] for v, t in trials.items()}, name="error"))
     return pd.concat(parts, axis=1)
 
 

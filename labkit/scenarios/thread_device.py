@@ -168,7 +168,7 @@ class _Setup(contextlib.ExitStack):
         return fresh(self.model, trust_remote_code=self.trust)
 
     def under_context(self):
-        """Model and prompt made under the context, in the calling thread: what seed 004's main thread did."""
+        """Model and prompt made under the context, in the calling thread: what the outlines report's main thread did."""
         import torch
 
         with device_context(self.how, self.pair.second):

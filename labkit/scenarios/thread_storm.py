@@ -216,7 +216,8 @@ def _in_threads(knobs: dict, setup: Callable[[], Any], sampler: Callable = sampl
     return [_measured(all_workers)]
 
 
-def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: bool = False, sampler: Callable = sample) -> dict[str, float]:
+def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int | None, as_threads: bool = False,
+           sampler: Callable = sample) -> dict[str, float]:
     """Run the workers, then turn their raw counters into the scenario's metrics, and the generation's
     window (seconds from here, microseconds after the trial's first line), which the plots mark."""
     entered = time.monotonic()
@@ -243,7 +244,7 @@ def _storm(knobs: dict, setup: Callable[[], Any], intra_op: int, as_threads: boo
         "cpu_s_per_token": cpu / tokens,
         **_total(stats, "threads", "os_threads"),
         **_total(stats, "ctx", "ctx_involuntary"),
-        "threads_per_core": knobs["workers"] * intra_op / cores,
+        **({} if intra_op is None else {"threads_per_core": knobs["workers"] * intra_op / cores}),
         "wall_s": wall,
         "measured_start_s": start - entered,
         "measured_end_s": end - entered,
@@ -263,6 +264,18 @@ def _torch_threads(n: int) -> Callable[[], Callable[[], Any]]:
         return contextlib.nullcontext
 
     return setup
+
+
+def with_setup(setup: Callable[[], Callable[[], Any]]) -> Callable[..., dict[str, float]]:
+    """The storm's own workers with your set-up in each, as a variant function (notebook 03's exercise
+    hands one to :func:`labkit.try_variant`). ``setup`` runs first in each worker process and returns the
+    context its generation runs in, as ``_torch_threads`` does; the threads it asks for are its own
+    business, so no ``threads_per_core`` is reported."""
+
+    def workers(**knobs: Any) -> dict[str, float]:
+        return _storm(knobs, setup, None)
+
+    return workers
 
 
 @storm.variant("broken", broken=True)

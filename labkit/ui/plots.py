@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
+from labkit.core.trial import WINDOW
 from labkit.machine.monitor import NO_GPU
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 MIN_READINGS = 5
 # A variant that measures part of its run (the workers' generation, not their start-up) may report
 # that window in its metrics, in seconds from its own first line; figures then mark it.
-WINDOW = ("measured_start_s", "measured_end_s")
 COLORS = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 TREE_CPU, TREE_THREADS, MEASURED, STILL = "tab:red", "tab:blue", "tab:green", "tab:red"
 
@@ -165,7 +165,8 @@ def too_short(samples: pd.DataFrame | None, trial: "Trial | None" = None, title:
     own = times[times >= at.begin - 1e-9]
     if len(own) >= MIN_READINGS:
         return None
-    ran = f"it ran {trial.seconds:.2f} s, " if trial is not None else ""  # samples alone do not say when it ended
+    # samples alone do not say when it ended; a trial's clock and the monitor's may differ by a tick
+    ran = "" if trial is None else ("it ran under 0.01 s, " if trial.seconds < 0.01 else f"it ran {trial.seconds:.2f} s, ")
     every = f", one every {np.median(np.diff(times)):.1f} s" if len(times) > 1 else ""
     count = f"{len(own)} reading{'s' if len(own) != 1 else ''}"
     return f"{said}: no plot: {ran}{count} of the monitor during its code{every}: too few to draw; its numbers tell what it did"

@@ -20,9 +20,9 @@ from labkit.core import scenario as registry
 from labkit.core.errors import BadInput
 from labkit.isolation import warm
 from labkit.machine.monitor import NO_GPU, has_gpu
-from labkit.ui.plots import WINDOW, LivePlot, readable
+from labkit.ui.plots import LivePlot, readable
 from labkit.core.runner import run
-from labkit.core.trial import Trial
+from labkit.core.trial import WINDOW, Trial
 
 SLIDER_CAP = 16  # counts beyond this make a 2-core laptop crawl; the CLI takes any allowed value
 SLIDER_REACH = 4  # a setting that starts above the cap (a vocabulary of 151,936) reaches 4x that, up to its own limit

@@ -21,13 +21,13 @@
 #    with an exact 95% interval, "within noise" when that interval holds 1, and "too few trials to tell"
 #    when the trials cannot back 95%.
 #
-# This notebook runs in quick mode (short runs that still show the real failures) so it finishes in a
-# minute or two on a 2-core laptop.
+# This notebook runs in quick mode (short runs that still show the real failures), so it finishes within
+# a minute or so on a 2-core laptop (`notebooks/README.md` lists what each notebook took to run here).
 #
 # ## What you will learn
 #
 # * what a labkit trial is, its five outcomes, and why each one runs in a process of its own;
-# * how to read the live plot: the machine's cores, the trial's CPU and threads, its start-up shaded;
+# * how to read the live plot: the machine's cores, and the CPU and threads of the trial's own processes;
 # * how to ask an A/B question of two variants, or of two functions of your own, and get an answer that
 #   says "within noise" when the difference is not there;
 # * how to check whether your own model is safe to serve from threads;
@@ -38,10 +38,15 @@
 # | 01 | threads race on a shared model's cache | one worker thread that batches, or a lock |
 # | 02 | tensors on two devices: dispatch hooks, per-thread devices; compile settings per thread | `skip_keys`; tensors made in the thread that uses them; settings made in the serving thread |
 # | 03 | CPU thread storms: every worker brings a full thread pool | `torch.set_num_threads(1)` per worker |
-# | 04 | tokenizer deadlock after fork; an OOM that hangs a collective; a stream that never ends | `TOKENIZERS_PARALLELISM=false` or spawn; a collective timeout; errors handed to the caller |
+# | 04 | tokenizer deadlock after fork; an out-of-memory error that leaves the job's other processes waiting; a stream that never ends | `TOKENIZERS_PARALLELISM=false` or spawn; a timeout on their wait; errors handed to the caller |
 
 # %%
+import pandas as pd
+
 import labkit
+
+pd.set_option("display.float_format", lambda x: f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:.4g}")  # 4 digits, no exponent
+pd.set_option("display.max_colwidth", None)  # text (evidence, verdicts) whole, not cut at 50 characters
 
 # NBVAL_CHECK_OUTPUT
 for s in labkit.all_scenarios():
@@ -61,7 +66,8 @@ report = labkit.doctor(workers=4)
 report.hazards_frame()
 
 # %%
-report.to_frame()
+facts = report.to_frame()
+facts[facts["what"] != "python"]  # every fact but the interpreter's path, which is this machine's own
 
 # %% [markdown]
 # ## One trial, watched
@@ -74,11 +80,12 @@ report.to_frame()
 labkit.variant_diff("thread-storm", "one-thread")
 
 # %% [markdown]
-# `LivePlot` redraws while the trial runs: the per-core heat strip on top, the trial's CPU use and OS
-# threads below (anything before the trial's own first line is shaded grey: start-up, not the trial),
-# and a GPU panel where NVML finds a GPU.
+# `LivePlot` redraws while the trial runs: a heat strip of how busy each core of the machine is (whatever
+# runs on it), the CPU use and OS threads of the trial's own processes, and a GPU panel where NVML finds a
+# GPU.
 #
-# **Predict**: 4 workers, each with a thread per core. How many compute threads per core will there be?
+# **Predict**: in quick mode each of the 4 worker processes keeps a pool of 2 torch threads (torch's default
+# is one per core). How many OS threads will the 4 workers hold between them: 4, or more?
 
 # %%
 storm = labkit.get("thread-storm")
@@ -88,8 +95,12 @@ trial = broken.trials[0]
 live.show(trial.samples)
 
 # %%
+print(f"{trial.outcome}: the {trial.knobs['workers']} workers held {trial.metrics['os_threads']:.0f} OS threads, "
+      f"and spent {trial.metrics['cpu_s_per_token']:.3f} CPU seconds per token")
+
+# %%
 # NBVAL_CHECK_OUTPUT
-print(trial.outcome, "| compute threads per core:", trial.metrics["threads_per_core"] > 1)
+print(trial.outcome, "| OS threads per worker:", int(trial.metrics["os_threads"]) // trial.knobs["workers"])
 
 # %% [markdown]
 # Results are dataclasses; `.to_frame()` gives a tidy DataFrame (one row per trial and metric) that
@@ -167,7 +178,7 @@ llama = labkit.save_random(folder.name, LlamaConfig(hidden_size=64, intermediate
 stock = labkit.check_thread_safety(str(llama), threads=4, tokens=8)
 racy = labkit.check_thread_safety(str(llama), threads=4, tokens=8, qwen1_rotary=True)
 folder.cleanup()
-racy.to_frame()
+racy.to_frame().astype(object).fillna("")  # blank: no difference, or no error
 
 # %%
 # NBVAL_CHECK_OUTPUT

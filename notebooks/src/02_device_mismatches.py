@@ -4,7 +4,8 @@
 # ## What you will learn
 #
 # * how accelerate's dispatch hooks move a model's inputs and outputs between devices, and why the KV
-#   cache must be left out of that move (`skip_keys`);
+#   cache (the keys and values a model keeps from the tokens before) must be left out of that move
+#   (`skip_keys`);
 # * why the same code fails on one transformers release and not on another, and how a renamed argument
 #   can silently switch a fix off;
 # * that PyTorch's default device and current CUDA device belong to a **thread**, not to the process;
@@ -28,7 +29,9 @@
 #
 # **Terms.** A *device map* assigns each part of a model (embeddings, each decoder layer, the head) to a
 # device. accelerate's `dispatch_model` places the weights accordingly and adds *hooks*: small functions
-# that run before and after each part's `forward` and move tensors to where they must be.
+# that run before and after each part's `forward` and move tensors to where they must be. The *KV cache*
+# holds each layer's keys and values for the tokens seen so far, so that each decoding step computes them
+# for its one new token only; each layer appends to its own part of it, on that layer's device.
 #
 # **Devices.** labkit takes what the machine has and says which pair it used and why: two GPUs
 # (`cuda:0 + cuda:1`), or one GPU and the CPU, or with no GPU the CPU and the **meta** device, which every
@@ -46,6 +49,9 @@ from IPython.display import display
 
 import labkit
 from labkit import LivePlot, device_pair
+
+pd.set_option("display.float_format", lambda x: f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:.4g}")  # 4 digits, no exponent
+pd.set_option("display.max_colwidth", None)  # text (notes, errors) whole, not cut at 50 characters
 
 mismatch, threaded = labkit.get("device-mismatch"), labkit.get("thread-device")
 pair = device_pair()
@@ -112,10 +118,19 @@ labkit.show_code(legacy_cache_forward)
 # Each trial saves the embedded tiny Qwen3 as a real checkpoint, builds the model's skeleton with
 # `init_empty_weights`, plans a map with `get_balanced_memory` and `infer_auto_device_map`, loads the
 # checkpoint and dispatches it (`load_checkpoint_in_model` then `dispatch_model`, which is what
-# `load_checkpoint_and_dispatch` does), then decodes step by step. The code:
+# `load_checkpoint_and_dispatch` does), then decodes step by step. The variant and its trial:
 
 # %%
 labkit.variant_code(mismatch, "broken")
+
+# %% [markdown]
+# and `dispatched`, which the trial calls: the report's accelerate flow, where `skip_keys` reaches
+# `dispatch_model`:
+
+# %%
+from labkit.scenarios.device_mismatch import dispatched
+
+labkit.show_code(dispatched)
 
 # %% [markdown]
 # **Predict**: the first step has no cache yet. Which step fails, and in which operation?
@@ -141,7 +156,7 @@ print("failed:", broken.outcome == "raised", "| steps completed before it:", int
 # `skip_keys`. Step 1 has no cache yet, so it passes; each layer makes its cache on its own device, and
 # the top hook brings it all back to the main device with the outputs. On step 2 the layers on the other
 # device `torch.cat` their new keys onto a cache on the main device: two devices in one op (on GPUs, the
-# report's error; seen on an H100 with `cpu + cuda:0`). On `cpu + meta` nothing can come back from meta,
+# report's error). On `cpu + meta` nothing can come back from meta,
 # so labkit turns the output move off, and the top hook's move of the cache to the CPU before step 2
 # fails instead, because meta has no data to copy: same mechanism, one op earlier.
 #
@@ -151,7 +166,7 @@ print("failed:", broken.outcome == "raised", "| steps completed before it:", int
 import tempfile
 
 from labkit import save_tiny
-from labkit.scenarios.device_mismatch import dispatched, where_the_cache_goes
+from labkit.scenarios.device_mismatch import where_the_cache_goes
 
 prompt = torch.tensor([[5, 6, 7, 8]])
 rows = {}
@@ -166,8 +181,8 @@ pd.DataFrame(rows, index=[f"layer {i}" for i in range(len(rows["map says"]))])
 # %% [markdown]
 # ### The fix: `skip_keys`
 #
-# `skip_keys=model._skip_keys_device_placement` (for Qwen3, the cache argument printed above) tells the top
-# hook to leave the cache where each layer made it. Each step of the fixed run checks that every layer's cache is
+# `skip_keys=model._skip_keys_device_placement` (for Qwen3, the cache argument printed above), passed to
+# `dispatch_model` in `dispatched` above, tells the top hook to leave the cache where each layer made it. Each step of the fixed run checks that every layer's cache is
 # on the device the map runs that layer on; with GPUs it also compares the tokens with a one-device run.
 
 # %%
@@ -175,8 +190,7 @@ labkit.variant_diff(mismatch, "skip-keys")
 
 # %%
 fixed = labkit.run(mismatch, "skip-keys", knobs=mismatch.quick, monitor=False).trials[0]
-print(fixed.outcome, "|", fixed.metrics)
-print(fixed.notes["check"])
+print(fixed.outcome, "|", fixed.notes["check"])
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -226,7 +240,9 @@ print("broken:", on_four["broken"].outcome, "after", int(on_four["broken"].metri
 
 # %%
 from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
+hf_logging.disable_progress_bar()  # no loading bars in the outputs
 prompt = torch.tensor([[5, 6, 7, 8]])
 with tempfile.TemporaryDirectory(prefix="labkit-nb02-") as folder:
     checkpoint = str(save_tiny(folder))
@@ -363,6 +379,15 @@ print(f"inside `with torch.device('meta')`: main thread makes {here}, a worker t
 # %%
 labkit.variant_code(threaded, "broken")
 
+# %% [markdown]
+# What every variant of it shares, `_Setup` (the devices, the context, the prompt): the model and its
+# prompt made under the context, and the decode in a worker thread.
+
+# %%
+from labkit.scenarios import thread_device
+
+display(labkit.show_code(thread_device._Setup.under_context), labkit.show_code(thread_device._Setup.decode_in_worker))
+
 # %%
 live = LivePlot("thread-device / broken")
 t_broken = labkit.run(threaded, "broken", knobs=threaded.quick, on_tick=live).trials[0]
@@ -410,7 +435,7 @@ print({v: (t.outcome, int(t.metrics["steps_completed"])) for v, t in t_fixes.ite
 # %% [markdown]
 # ### GPU only: the report's exact message
 #
-# With two GPUs, `context=cuda.set_device` reproduces seed 004 word for word. Without them this cell says
+# With two GPUs, `context=cuda.set_device` reproduces the outlines report's message word for word. Without them this cell says
 # so and does nothing.
 
 # %%
@@ -472,9 +497,70 @@ panel("thread-device", knobs=["devices", "context", "tokens", "gpus"])
 #
 # </details>
 #
+# ### Exercise: write the fix
+#
+# The failure in small: the main thread sets its default device (`pair.second`, `meta` here) and makes
+# the model under it; a worker thread makes the input and runs the model. `my_worker_input(model, prompt)`
+# is the line the worker runs to make its input, and as it stands it makes it where the broken variant
+# does. Change it so that the model can take it, without any context in the worker.
+#
+# The check after it runs that small trial isolated (a default device set in the check's own process
+# would stay set), up to three times, stopping at the first that fails. As the cell stands, it does not
+# hold.
+
+# %%
+def my_worker_input(model, prompt):
+    """Runs in the worker thread: the prompt's token ids, as a tensor the model can take."""
+    return torch.tensor([prompt])  # as the broken variant makes it: change it
+
+
+# %%
+from labkit.llm.devices import placement_check
+
+
+def in_a_worker(make_input):
+    """The failure in small: the model made under the main thread's default device, its input made in a worker."""
+
+    def made_here_used_there(**knobs):
+        pair = labkit.device_pair()  # cpu + meta here; two GPUs where there are two
+        torch.set_default_device(pair.second)  # the main thread's context
+        model = labkit.tiny_model()  # made under it
+        placement_check(model)  # every module names an input that is not on its weights' device
+        with ThreadPoolExecutor(1) as worker:
+            worker.submit(lambda: model(make_input(model, [5, 6, 7, 8]))).result()
+        return {"steps_completed": 1.0}
+
+    return made_here_used_there
+
+
+print(labkit.try_variant(threaded, in_a_worker(my_worker_input)))
+
+# %% [markdown]
+# A worked solution is folded in the next cell (unfold it with the bar on its left, after you tried); its
+# output is the same check, run on it.
+
+# %% solution
+# NBVAL_CHECK_OUTPUT
+def on_the_model_s_device(model, prompt):
+    """A solution: name the device, the model's own, where the worker makes the tensor."""
+    return torch.tensor([prompt], device=model.device)
+
+
+print(labkit.try_variant(threaded, in_a_worker(on_the_model_s_device)))
+
+# %% [markdown]
+# <details><summary>Why it holds</summary>
+#
+# `torch.tensor([prompt])` follows the calling thread's default device, and the worker never set one:
+# CPU. `device=model.device` names the device the weights are on, whichever thread runs it: the
+# `explicit-device` fix in one line. Setting the default device in the worker as well (the `same-thread`
+# fix's way) would hold too, but it is one more per-thread setting to forget in the next thread.
+#
+# </details>
+#
 # ## 3. A compile setting that belongs to the thread
 #
-# Not from the five reports: this one is today's PyTorch itself.
+# This failure comes from PyTorch itself, reported against its 2.12 release:
 #
 # > torch 2.12 regression: torch.compile thread-local config. Since
 # > [pull request 173568](https://github.com/pytorch/pytorch/pull/173568) torch dynamo config is
@@ -552,9 +638,9 @@ print({v: (t.outcome, int(t.metrics["graphs"]), int(t.metrics["shapes_uncompiled
 
 # %% [markdown]
 # `mark-dynamic` compiles two graphs, not one: dynamo specialises a size of 1, so batch size 1 gets its own.
-# With `fullgraph=False` (`--set fullgraph=false`) the broken variant does not raise: 4 of its 12 batch sizes
-# run uncompiled, and it ends `wrong`. `labkit doctor` probes whether your torch keeps dynamo's config per
-# thread (its `compile-threads` row).
+# With `fullgraph=False` (`--set fullgraph=false`) the broken variant does not raise: the batch sizes past the
+# limit (its `shapes_uncompiled` above) run uncompiled, and the trial ends `wrong`. `labkit doctor` probes
+# whether your torch keeps dynamo's config per thread (its `compile-threads` row).
 #
 # ## In your own code
 #

@@ -6,7 +6,8 @@
 # * why a process that **forks** after a thread pool has run can deadlock: the child copies the pool's
 #   memory but none of its threads;
 # * how to read a hang: which process waits, in which function, on which line (stacks as rows);
-# * how an out-of-memory error becomes a hang when a worker catches it and a peer waits in a collective;
+# * how an out-of-memory error becomes a hang when a worker catches it and a peer process waits for it in
+#   a collective (an operation that every process of the job must join);
 # * how a streamed generation whose worker thread fails leaves its caller waiting forever;
 # * the fixes (`TOKENIZERS_PARALLELISM`, spawn, a budget check, a collective timeout) and the line each
 #   changes; and a watchdog for code you run in the notebook itself.
@@ -26,9 +27,11 @@
 #    into the child, including the pool's locks and queues, but only the thread that called it: the
 #    pool's worker threads do not exist in the child, and the first batch it encodes waits for them
 #    forever.
-# 2. **oom-hang**: one tensor-parallel rank runs out of its memory budget, *catches and logs* the error and
-#    stays alive, while its peer waits in a *collective* (an operation every rank must join, here an
-#    `all_reduce` that sums a tensor across ranks) for a message that never comes.
+# 2. **oom-hang**: a *tensor-parallel* job splits each layer of the model over several GPUs, one process
+#    per part, and each of those processes is a *rank* (rank 0, rank 1, ...). One rank runs out of its
+#    memory budget, *catches and logs* the error and stays alive, while its peer waits in a *collective*
+#    (an operation every rank must join, here an `all_reduce` that sums a tensor across ranks) for a
+#    message that never comes.
 #
 # A third hang comes from today's stack itself, not from the report: **streamer-hang**, the streaming
 # pattern of most chat demos, where `generate` fails in a worker thread and the caller waits forever.
@@ -43,6 +46,8 @@ from IPython.display import Markdown, display
 
 import labkit
 
+pd.set_option("display.float_format", lambda x: f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:.4g}")  # 4 digits, no exponent
+pd.set_option("display.max_colwidth", None)  # text (errors) whole, not cut at 50 characters
 tok = labkit.get("tokenizer-deadlock")
 oom = labkit.get("oom-hang")
 
@@ -69,7 +74,7 @@ print(hung.outcome, "|", hung.error)
 # %% [markdown]
 # The plot shows the hang as it is known: the trial's processes use CPU while they load and encode, then
 # none at all (every thread blocked, the red band), with their threads still alive; after a few seconds of
-# stillness labkit calls the trial hung, takes every process's stack, and kills the process group.
+# stillness labkit calls the trial hung, takes every process's stack, and kills all its processes.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -82,10 +87,14 @@ print("workers stuck in encode_batch:", frames.loc[frames["function"] == "_encod
 # rows (process, thread, depth from the innermost frame, function, line). Below, the rows in the scenario's
 # own module: the trial process's main thread is in `_serve`, on its `pool.map` line (the frames inside it
 # are multiprocessing's, waiting for results); each forked worker sits in `_encode`, on the `encode_batch`
-# line (depth 0: nothing runs above it), waiting for Rust threads that were never copied into it.
+# line (depth 0: nothing runs above it), waiting for Rust threads that were never copied into it. A
+# forked worker's stack starts with its parent's frames, down to the fork (multiprocessing's `_launch`):
+# that is how the table tells the workers from the trial process.
 
 # %%
-frames[frames["file"].str.endswith("tokenizer_deadlock.py")][["pid", "main", "depth", "function", "line"]]
+forked = set(frames.loc[frames["function"] == "_launch", "pid"])
+frames["process"] = ["a forked worker" if pid in forked else "the trial" for pid in frames["pid"]]
+frames[frames["file"].str.endswith("tokenizer_deadlock.py")][["process", "pid", "main", "depth", "function", "line"]]
 
 # %% [markdown]
 # ### The fixes
@@ -110,7 +119,7 @@ for fix in tok.fixes:
 
 # %%
 fixes = {v: labkit.run(tok, v, timeout=60, monitor=False).trials[0] for v in tok.fixes}
-labkit.variants_table({"broken": hung, **fixes}, digits=1)
+labkit.variants_table({"broken": hung, **fixes}, digits=2).astype(object).fillna("")  # blank: a hang counts no texts
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -119,11 +128,16 @@ print({v: t.outcome for v, t in fixes.items()})
 # %% [markdown]
 # ## 2. Out of memory that hangs
 #
-# Two ranks (`torch.distributed`, gloo, two processes on loopback) decode tensor-parallel style: every
-# step both compute the next-token logits and `all_reduce` them. Each rank sizes its KV cache from its
-# memory budget up front (transformers' `StaticCache`, as engines size their cache pool); rank 1 has a
-# quarter of rank 0's memory. Each rank is a small serving engine: a worker thread runs the model and
-# **catches and logs** errors, while the rank's main loop waits for each step's result.
+# Two ranks decode tensor-parallel style: every step both compute the next-token logits and `all_reduce`
+# them. `torch.distributed` joins them in a *process group* (the processes that take part in its
+# collectives, here two on this machine, over loopback), through a backend that carries the messages:
+# *gloo*, its CPU backend (NCCL is the GPU one).
+#
+# Each rank keeps a *KV cache*: each layer's keys and values of the tokens so far, so that a step computes
+# them for its new token only. It sizes that cache from its memory budget up front (transformers'
+# `StaticCache`, as engines size their cache pool), and rank 1 has a quarter of rank 0's memory. Each rank
+# is a small serving engine: a worker thread runs the model and **catches and logs** errors, while the
+# rank's main loop waits for each step's result.
 #
 # The size of a KV cache follows from the config alone, `labkit.kv_cache_bytes(config, batch, seq_len,
 # dtype)`: keys and values x layers x KV heads x head size x tokens x batch x bytes per element. Here it
@@ -180,13 +194,17 @@ Markdown(f"Rank 1's {knobs['budget_kib']} KiB hold **{knobs['budget_kib'] * 1024
 # %% [markdown]
 # ### Reproduce the hang
 #
-# The code: a rank's engine, whose worker thread catches and logs what the model raises, and the broken
-# rank's decode loop.
+# The code: a rank's engine, whose worker thread catches and logs what the model raises; how a rank joins
+# the group and sizes its cache; the broken rank and its decode loop; and the variant, which forks the two
+# ranks and waits for their answers.
 
 # %%
 from labkit.scenarios import oom_hang
 
 labkit.show_code(oom_hang.Engine)
+
+# %%
+display(labkit.show_code(oom_hang._join), labkit.show_code(oom_hang._broken_rank), labkit.show_code(oom_hang._decode))
 
 # %%
 labkit.variant_code(oom, "broken")
@@ -201,6 +219,7 @@ oom_hung = labkit.run(oom, "broken", timeout=15, on_tick=live).trials[0]
 live.show(oom_hung.samples)
 print(oom_hung.outcome, "|", oom_hung.error)
 print("logged by rank 1 and swallowed:", [l for l in oom_hung.output.splitlines() if "failed" in l][:1])
+print("how long a collective waits for a peer unless timeout= is given:", torch.distributed.constants.default_pg_timeout)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -211,12 +230,17 @@ print("a rank waits in all_reduce:", bool((oom_frames["function"] == "all_reduce
 # %% [markdown]
 # Rank 0's stack ends in `all_reduce`; rank 1's main loop waits in `Engine.step` for a result its worker
 # will never send. Nothing crashed, so nothing told anybody: gloo only errors out when a peer *process*
-# dies ("Connection closed by peer"), and gloo's default timeout is 30 minutes.
+# dies ("Connection closed by peer"), and the default timeout printed above is long. The ranks are forked
+# in order, rank 0 first, so rank 0 has the lower pid; the trial process is the one whose stack has no
+# `_rank` in it.
 
 # %%
+ranks = sorted(set(oom_frames.loc[oom_frames["function"] == "_rank", "pid"]))
+names = {pid: f"rank {i}" for i, pid in enumerate(ranks)}
 telling = ["all_reduce", "step", "_ranks"]  # where each process's main thread waits
-waits = oom_frames[oom_frames["main"] & oom_frames["function"].isin(telling)]
-waits.sort_values("depth").groupby("pid").first()[["function", "line", "file"]]
+waits = oom_frames[oom_frames["main"] & oom_frames["function"].isin(telling)].sort_values("depth").groupby("pid").first()
+waits.index = [names.get(pid, "the trial") for pid in waits.index]
+waits[["function", "line", "file"]]
 
 # %% [markdown]
 # ### The fixes
@@ -225,17 +249,24 @@ waits.sort_values("depth").groupby("pid").first()[["function", "line", "file"]]
 #   the smallest (an `all_reduce` with `MIN`): the request shrinks to fit, on every rank at once, or is
 #   refused on every rank at once.
 # * `collective-timeout`: a process-group timeout, and the engine hands the worker's error to its main
-#   loop: the failing rank raises, and the trial ends `raised`, with the reason, in seconds.
+#   loop: the failing rank raises, and the trial ends `raised`, with the reason.
+#
+# Each variant differs from the broken one in the rank it forks; the ranks themselves:
 
 # %%
-labkit.variant_diff(oom, "budget-check")
-
-# %%
-labkit.variant_diff(oom, "collective-timeout")
+display(labkit.show_code(oom_hang._budget_check_rank), labkit.show_code(oom_hang._collective_timeout_rank))
 
 # %%
 oom_fixes = {v: labkit.run(oom, v, timeout=30, monitor=False).trials[0] for v in oom.fixes}
-labkit.variants_table(oom_fixes, digits=1, errors=True)
+labkit.variants_table(oom_fixes, digits=1, errors=True).astype(object).fillna("")  # blank: not measured
+
+# %%
+knobs, fits, stopped = oom.knob_values(), oom_fixes["budget-check"], oom_fixes["collective-timeout"]
+Markdown(f"`budget-check` ends ok with **{fits.metrics['tokens_generated']:.0f}** of the {knobs['tokens']} new tokens "
+         f"asked for: every rank shrank the request to what rank 1's cache holds, instead of one rank failing alone. "
+         f"`collective-timeout` ended `raised` after **{stopped.seconds:.1f} s**, with rank 1's reason, and its "
+         f"timeout is {knobs['collective_timeout_s']} s: the error handed on ended it, not the timeout. The timeout "
+         f"is the backstop for a rank whose peer fails without a word.")
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -262,6 +293,7 @@ labkit.variant_code(streaming, "broken")
 # %%
 stream_hung = labkit.run(streaming, "broken", monitor=False).trials[0]
 print(stream_hung.outcome, "|", stream_hung.error)
+print("on stderr:", [l for l in stream_hung.output.splitlines() if l.startswith("ValueError")][:1])
 stream_frames = stream_hung.stack_frames()
 stream_frames[stream_frames["main"]].sort_values("depth")[["thread", "depth", "function", "line", "file"]].head(4)
 
@@ -333,7 +365,7 @@ from labkit import panel
 panel("oom-hang", knobs=["budget_kib", "tokens"], bounds={"budget_kib": (32, 512)}, timeout=15)
 
 # %% [markdown]
-# ### Exercise
+# ### Exercise: at the panels
 #
 # 1. In the OOM panel, find the smallest budget at which `broken` runs clean for the default request.
 #    Work it out first from the bar chart above, then check it.
@@ -346,6 +378,94 @@ panel("oom-hang", knobs=["budget_kib", "tokens"], bounds={"budget_kib": (32, 512
 #    it runs clean; one KiB below, rank 1 fails on its last steps and the job hangs again.
 # 2. Only the variable: unset, tokenizers' own fork hook turns the pool off in the child; `true` says
 #    "I know what I am doing" and removes that guard.
+#
+# </details>
+#
+# ### Exercise: write the fix
+#
+# `my_stream` streams one request the way section 3's broken variant does: `generate` in a worker thread,
+# the caller reading the streamer. The request has `temperature=0` with sampling on, so `generate` raises
+# in the worker, and as the cell stands the caller waits forever. Change it so that the caller raises
+# `generate`'s own error instead of waiting.
+#
+# The check after it runs that request with your `my_stream`, isolated, up to three times (stopping at the
+# first that fails): it holds when each trial ends `raised`, with `generate`'s `ValueError`, and does not
+# when a trial hangs (it is called hung after a few seconds of stillness) or raises something else.
+
+# %%
+from transformers import TextIteratorStreamer
+
+
+def my_stream(model, tokenizer, request):
+    """Stream one request: generate in a worker thread; return the text as the caller reads it."""
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+
+    def generate():  # the worker thread
+        model.generate(**request, streamer=streamer)  # raises ValueError here: change what follows it
+
+    worker = threading.Thread(target=generate, daemon=True)
+    worker.start()
+    text = "".join(streamer)  # the caller: reads each piece, until the stream ends
+    worker.join()
+    return text
+
+
+# %%
+from labkit.llm.models import load
+from labkit.scenarios import streamer_hang
+
+
+def streamed_with(stream):
+    """The scenario's request, streamed by your function: sampling at temperature 0, so generate raises."""
+
+    def one_request(**knobs):
+        model, tokenizer = load()  # the embedded model and tokenizer
+        request = {**tokenizer(streamer_hang.PROMPT, return_tensors="pt"), "max_new_tokens": knobs["tokens"],
+                   "do_sample": True, "temperature": knobs["temperature"]}
+        return {"chars": float(len(stream(model, tokenizer, request)))}
+
+    return one_request
+
+
+print(labkit.try_variant(streaming, streamed_with(my_stream), expect="raised ValueError"))
+
+# %% [markdown]
+# A worked solution is folded in the next cell (unfold it with the bar on its left, after you tried); its
+# output is the same check, run on it.
+
+# %% solution
+# NBVAL_CHECK_OUTPUT
+def handed_on(model, tokenizer, request):
+    """A solution: the worker ends the stream when generate raises, and the caller re-raises its error."""
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+    failed = []
+
+    def generate():
+        try:
+            model.generate(**request, streamer=streamer)
+        except Exception as exc:
+            failed.append(exc)
+            streamer.end()  # the stop signal: the caller's loop ends instead of waiting
+
+    worker = threading.Thread(target=generate, daemon=True)
+    worker.start()
+    text = "".join(streamer)
+    worker.join()
+    if failed:
+        raise failed[0]
+    return text
+
+
+print(labkit.try_variant(streaming, streamed_with(handed_on), expect="raised ValueError"))
+
+# %% [markdown]
+# <details><summary>Why it holds</summary>
+#
+# The caller waits in the streamer's queue for a piece or for the stop signal; when `generate` raises,
+# neither comes. The worker's `except` puts the stop signal itself (`streamer.end()`), so the caller's
+# loop ends, and the error, kept in a list the caller can read, is raised where the request was made: the
+# `propagate` fix. `TextIteratorStreamer(..., timeout=...)` alone does not hold here: the caller stops
+# waiting, but with `queue.Empty`, not with `generate`'s reason.
 #
 # </details>
 #
