@@ -184,18 +184,15 @@ labkit.variants_table({"broken, workers as processes": broken, "broken, workers 
 #
 # ## Sweep: intra-op threads x workers
 #
-# Each point is a process with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set before torch loads in it (they
-# only act then: each setting gets a warm process of its own) and the broken variant's `threads` knob at
-# the same value. Quick mode sweeps threads 1, 2 and workers 1, 4: the storm needs both, several workers
-# that each bring a team of threads. Set `FULL = True` for threads 1, 2, 4, 8 and workers 1, 2, 4.
+# Each point is one trial of the broken variant with its `threads` knob (the size of each worker's torch
+# pool, set in the worker before it generates) and its `workers` knob. Quick mode sweeps threads 1, 2 and
+# workers 1, 4: the storm needs both, several workers that each bring a team of threads. Set `FULL = True`
+# for threads 1, 2, 4, 8 and workers 1, 2, 4.
 
 # %%
 FULL = False
 threads, workers = ([1, 2, 4, 8], [1, 2, 4]) if FULL else ([1, 2], [1, 4])
-grid = labkit.sweep(
-    storm, "broken", {"threads": threads, "workers": workers}, knobs=QUICK,
-    env=lambda k: {"OMP_NUM_THREADS": str(k["threads"]), "MKL_NUM_THREADS": str(k["threads"])},
-)
+grid = labkit.sweep(storm, "broken", {"threads": threads, "workers": workers}, knobs=QUICK)
 labkit.sweep_figure(grid, "tokens_per_s")
 
 # %%
