@@ -6,19 +6,17 @@ import pytest
 
 from labkit import all_scenarios, run
 from labkit.machine import system
+# What the route changes, run again: processes and their CPU (stillness, the monitor), stacks, killing the
+# tree. What it does not (a result's outcome, error and traceback; ticks) runs once, on Linux.
 from test_isolate import (  # noqa: F401 - collected again here, with the route forced below
     test_an_interrupt_still_kills_the_group,
-    test_crashed_says_how,
     test_hung_comes_back_in_time_with_every_process_stacks_and_leaves_nothing,
     test_ok_returns_the_metrics,
-    test_on_tick_runs_while_waiting,
-    test_raised_keeps_type_and_message,
 )
 from test_monitor import test_a_trials_monitor_watches_the_trial_not_its_caller, test_it_follows_a_busy_child_process  # noqa: F401
 from test_warm import (  # noqa: F401
     test_a_busy_trial_is_not_still_and_ends_at_its_timeout,
     test_a_still_trial_is_hung_by_stillness_and_leaves_no_folder,
-    test_the_timeout_counts_from_the_first_line_not_the_imports,
 )
 
 
