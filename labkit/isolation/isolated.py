@@ -19,7 +19,7 @@ thread is blocked, and the call is ``hung`` then, with the reason in ``Isolated.
 
 What the operating system gives here (a trial's processes, their CPU time, killing its tree,
 asking for stacks) comes from one seam, :mod:`labkit.machine.system`: ``/proc``, process groups and
-SIGUSR1 on Linux; psutil and a request file elsewhere (and with ``LABKIT_PLATFORM=portable``).
+a signal (USR1) on Linux; psutil and a request file elsewhere (and with ``LABKIT_PLATFORM=portable``).
 Where no CPU reading can be had, stillness is off, said once, and a hang ends at its timeout:
 no reading is never taken for no progress.
 """

@@ -4,7 +4,7 @@ killing a trial's whole tree, asking a process for its threads' stacks, and how 
 Two routes implement it (the contract: :mod:`labkit.machine.system_base`), chosen at run time by
 :func:`current`:
 
-* ``linux`` (:mod:`labkit.machine.system_linux`): ``/proc``, a process group per trial, SIGUSR1 for
+* ``linux`` (:mod:`labkit.machine.system_linux`): ``/proc``, a process group per trial, a signal (USR1) for
   stacks, warm trials forked from a template;
 * ``portable`` (:mod:`labkit.machine.system_portable`): psutil for processes and CPU time, the tree
   killed process by process, stacks asked for through a file (no POSIX signal), warm trials from

@@ -175,5 +175,5 @@ class PortableSystem(System):
             psutil.Process().cpu_times()
         except _ERRORS:
             missing.append("CPU readings (psutil cannot read processes here): no stillness, a hang ends at its timeout")
-        missing.append("SIGUSR1 stacks: a process stuck in native code while holding the GIL cannot answer")
+        missing.append("stacks by a signal: a process stuck in native code while holding the GIL cannot answer")
         return missing

@@ -92,7 +92,7 @@ storm = labkit.get("thread-storm")
 live = labkit.LivePlot("thread-storm / broken")
 broken = labkit.run("thread-storm", "broken", knobs=storm.quick, on_tick=live)
 trial = broken.trials[0]
-live.show(trial.samples)
+live.show(trial)  # the trial itself, not only its samples: its time line (start-up, its code, what it measured) on top
 
 # %%
 print(f"{trial.outcome}: the {trial.knobs['workers']} workers held {trial.metrics['os_threads']:.0f} OS threads, "

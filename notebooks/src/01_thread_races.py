@@ -69,7 +69,7 @@ labkit.variant_code(race, "broken")
 # %%
 live = LivePlot("thread-race / broken")
 broken = labkit.run(race, "broken", knobs=QUICK, on_tick=live).trials[0]
-live.show(broken.samples)
+live.show(broken)
 print(broken.outcome, "|", broken.error)
 print(f"{broken.metrics['requests_failed']:.0f} of 8 requests failed")
 

@@ -138,7 +138,7 @@ labkit.show_code(dispatched)
 # %%
 live = LivePlot("device-mismatch / broken")
 broken = labkit.run(mismatch, "broken", knobs=mismatch.quick, on_tick=live).trials[0]
-live.show(broken.samples)
+live.show(broken)
 print(broken.outcome, "|", broken.error)
 for key, text in broken.notes.items():
     print(f"{key}: {text}")
@@ -391,7 +391,7 @@ display(labkit.show_code(thread_device._Setup.under_context), labkit.show_code(t
 # %%
 live = LivePlot("thread-device / broken")
 t_broken = labkit.run(threaded, "broken", knobs=threaded.quick, on_tick=live).trials[0]
-live.show(t_broken.samples)
+live.show(t_broken)
 print(t_broken.outcome, "|", t_broken.error)
 print(t_broken.notes["check"])
 

@@ -68,7 +68,7 @@ labkit.variant_code(tok, "broken")
 # %%
 live = labkit.LivePlot("tokenizer-deadlock / broken")
 hung = labkit.run(tok, "broken", timeout=5, on_tick=live).trials[0]
-live.show(hung.samples)
+live.show(hung)
 print(hung.outcome, "|", hung.error)
 
 # %% [markdown]
@@ -216,7 +216,7 @@ labkit.variant_code(oom, "broken")
 # %%
 live = labkit.LivePlot("oom-hang / broken")
 oom_hung = labkit.run(oom, "broken", timeout=15, on_tick=live).trials[0]
-live.show(oom_hung.samples)
+live.show(oom_hung)
 print(oom_hung.outcome, "|", oom_hung.error)
 print("logged by rank 1 and swallowed:", [l for l in oom_hung.output.splitlines() if "failed" in l][:1])
 print("how long a collective waits for a peer unless timeout= is given:", torch.distributed.constants.default_pg_timeout)
