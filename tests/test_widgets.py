@@ -37,6 +37,23 @@ def test_stop_kills_a_hung_trial_and_leaves_nothing_behind(cheap):
     assert time.monotonic() - t0 < 5 and not runner.thread.is_alive()
     assert "stopped" in runner.status.value
     assert _trials() == []
+    assert runner.rows[-1]["outcome"] == "stopped"  # recorded in the table
+
+
+def test_a_stopped_runs_plot_ends_where_stop_was_pressed():
+    from labkit.machine.monitor import Monitor
+    from labkit.ui.plots import monitor_figure, spans
+
+    began = time.monotonic()
+    with Monitor(interval=0.05, gpu=False) as mon:
+        while time.monotonic() - began < 0.6:  # long enough for a plot (at least 5 readings)
+            pass
+        mon.mark("first_line", began)
+        mon.mark("stopped", time.monotonic())
+    at = spans(mon.to_frame())
+    assert at.stopped is not None and at.end == at.stopped and at.hung is None
+    words = [t.get_text() for ax in monitor_figure(mon.to_frame()).axes for t in ax.texts]
+    assert any(w.endswith("until Stop was pressed") for w in words), words
 
 
 def _trials() -> list:

@@ -124,6 +124,7 @@ class Spans:
     measured: tuple[float, float] | None = None  # the window the variant measured, where it says
     still: tuple[float, float] | None = None  # no CPU in its whole process tree, before it was called hung
     hung: float | None = None
+    stopped: float | None = None  # Stop was pressed here (a panel): the trial was killed
 
     @property
     def begin(self) -> float:
@@ -138,9 +139,11 @@ def spans(samples: pd.DataFrame, trial: "Trial | None" = None) -> Spans:
     marks = dict(zip(marked["metric"], marked["value"].astype(float)))
     last = float(samples["time_s"].max()) if len(samples) else 0.0
     first = marks.get("first_line")
-    hung = marks.get("hung")
+    hung, stopped = marks.get("hung"), marks.get("stopped")
     if hung is not None:
         end = hung
+    elif stopped is not None:
+        end = stopped
     elif trial is not None and first is not None:
         end = first + trial.seconds
     else:
@@ -149,7 +152,7 @@ def spans(samples: pd.DataFrame, trial: "Trial | None" = None) -> Spans:
     if trial is not None and first is not None and all(k in trial.metrics for k in WINDOW):
         measured = (first + float(trial.metrics[WINDOW[0]]), first + float(trial.metrics[WINDOW[1]]))
     still = (marks["still_since"], hung) if "still_since" in marks and hung is not None else None
-    return Spans(first, end, measured, still, hung)
+    return Spans(first, end, measured, still, hung, stopped)
 
 
 def too_short(samples: pd.DataFrame | None, trial: "Trial | None" = None, title: str = "") -> str | None:
@@ -237,8 +240,9 @@ def _timeline(ax: "Axes", at: Spans, end: float, timed: bool = True) -> None:
     if at.first_line is not None and at.first_line > 0.05:
         rows.append(("trial", 0.0, at.first_line, "0.8", "start-up"))
     known = at.first_line is not None  # not yet while a trial runs: the runner marks it at the end
-    rows.append(("trial", at.begin, at.end, "0.55", ("its code" if known else "so far") + lasted(at.end - at.begin)
-                 + (" until called hung" if at.hung is not None else "")))
+    until = " until called hung" if at.hung is not None else " until Stop was pressed" if at.stopped is not None else ""
+    rows.append(("trial", at.begin, at.end, "0.55", ("its code" if known or at.stopped is not None else "so far")
+                 + lasted(at.end - at.begin) + until))
     if at.measured is not None:
         rows.append(("measured", at.measured[0], at.measured[1], MEASURED, "measured" + lasted(at.measured[1] - at.measured[0])))
     if at.still is not None:
@@ -251,8 +255,9 @@ def _timeline(ax: "Axes", at: Spans, end: float, timed: bool = True) -> None:
         x = (start + stop) / 2 if inside else stop + end * 0.005
         ax.text(x, y, text, ha="center" if inside else "left", va="center", fontsize=7.5,
                 color="white" if inside and colour != "0.8" else "0.15", clip_on=True)
-    if at.hung is not None:
-        ax.axvline(at.hung, color=STILL, linestyle="--", linewidth=1)
+    for moment in (at.hung, at.stopped):
+        if moment is not None:
+            ax.axvline(moment, color=STILL, linestyle="--", linewidth=1)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_ylim(len(names) - 0.4, -0.6)
     ax.tick_params(axis="y", length=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 from typing import Any, Mapping, Sequence
 
 import ipywidgets as w
@@ -92,10 +93,13 @@ class Runner:
 
     def _run(self, scen: registry.Scenario, variant: str, knobs: dict[str, Any], shown: dict[str, Any]) -> None:
         live = LivePlot(f"{scen.name} / {variant}", every=1.0, image=self.plot)
-        waited = []
+        waited, watched = [], []
 
         def tick(monitor) -> None:
+            watched[:] = [monitor]
             if self._stop.is_set():
+                if monitor.samples:  # the trial ran: its plot ends where Stop was pressed
+                    monitor.mark("stopped", time.monotonic())
                 raise Stopped
             if (waiting := warm.starting()) is not None:  # before the trial: its warm process imports
                 waited.append(waiting)
@@ -109,6 +113,8 @@ class Runner:
             trial = run(scen, variant, knobs=knobs, timeout=self.timeout, on_tick=tick).trials[0]
             self.record(trial, live, {"variant": variant, **shown})
         except Stopped:
+            if watched and watched[0].samples:
+                live.show(watched[0].to_frame())  # marked: "until Stop was pressed"
             self.rows.append({"run": len(self.rows) + 1, "variant": variant, **shown, "outcome": "stopped",
                               "error": "Stop pressed" + (" while its warm process started: no trial ran" if waited else "")})
             self.table.value = results_html(self.rows, self.units)
