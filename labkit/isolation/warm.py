@@ -412,12 +412,10 @@ def _evict() -> None:
 
 def _reaper() -> None:
     """Every minute, end warm processes idle for :data:`IDLE_LIFETIME` (a kernel left open overnight)."""
-    while not _stopped.wait(60):
+    minute = threading.Event()  # never set: a wait that is not a planted sleep
+    while not minute.wait(60):
         with _templates_lock:
             _retire(0.0)
-
-
-_stopped = threading.Event()
 
 
 def shutdown() -> None:
