@@ -1,9 +1,9 @@
 """The notebooks as a person uses them: JupyterLab in a real Chromium, driven by Playwright.
 
-For each notebook the test opens it in JupyterLab, runs its Play cells (each builds a panel and runs on
-its own), presses every panel's Run, and checks that each panel's results table gained a row and its
-plot changed while the trial ran (a trial too short for a live redraw shows its final picture), and,
-during the first run of each notebook, that the kernel answered another cell. Screenshots land in
+Each notebook is opened in JupyterLab with its saved outputs. Then every notebook's Play cells (each
+builds a panel and imports what it needs) run in one kernel: every panel's Run is pressed, and each
+panel's results table must gain a row and its plot change while the trial ran (a trial too short for a
+live redraw shows its final picture), while the kernel answers another cell. Screenshots land in
 ``test-artifacts/browser/`` (``LABKIT_ARTIFACTS`` moves them). nbval runs every cell of every notebook
 in the same suite; running them all again here would double the notebooks' share of CI for no new check
 of the front end.
@@ -264,85 +264,119 @@ def _run_then_stop(page, cell) -> str:
     return status.inner_text()
 
 
+def _code_cells(notebook: Path) -> list[dict]:
+    return [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def _saved_images(notebook: Path) -> int:
+    return sum("image/png" in out.get("data", {}) for cell in _code_cells(notebook) for out in cell.get("outputs", []))
+
+
 @pytest.mark.parametrize("notebook", [nb.name for nb in NOTEBOOKS])
-def test_notebook_panels_in_the_browser(notebook, lab, browser, artifacts):
+def test_each_notebook_opens_with_its_saved_outputs(notebook, lab, browser, artifacts):
+    """What an attendee sees before running anything: every cell, every saved figure drawn, no error box."""
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
     try:
         # a workspace of its own, so that no tab of an earlier test comes back with it
         page.goto(f"{lab.url}/lab/workspaces/{Path(notebook).stem}/tree/{notebook}?token={lab.token}")
-        play = page.locator(".jp-CodeCell").filter(has=page.locator(".jp-InputArea-editor", has_text=PLAY_CELL))
-        _wait(lambda: play.count(), 90, f"{notebook} to open with its Play cells")
-        _wait(lambda: lab.kernel_state(notebook) == "idle", 90, f"{notebook}'s kernel to start")
-        runs = []
-        for i in range(play.count()):
-            cell = play.nth(i)
-            cell.locator(".jp-InputArea-editor").click()
-            _wait(lambda: "jp-mod-active" in (cell.get_attribute("class") or ""), 10, "the Play cell to be active")
-            _execute(page, cell)
-            box, error = cell.locator(".labkit-panel"), cell.locator("[data-mime-type*='error']")
-            _wait(lambda: box.count() or error.count(), RUN_TIMEOUT_S, f"the panel of {notebook}'s Play cell {i + 1}")
-            assert not error.count(), error.first.inner_text()
-            assert "ipywidgets" not in cell.locator(".jp-OutputArea").inner_text()  # the widget, not its fallback
-            stderr = cell.locator("[data-mime-type='application/vnd.jupyter.stderr']")
-            assert not stderr.count(), f"the panel opens under a stderr box: {stderr.first.inner_text()}"  # reads as an error
-            assert box.locator(".labkit-run-button").is_enabled()
-            runs.append(_press_run(page, cell, ask_kernel=i == 0))  # the kernel's first trial: it starts the template
-            box.screenshot(path=str(artifacts / f"{Path(notebook).stem}-panel{i + 1}.png"))
-        print(notebook, json.dumps(runs, indent=1))
-        first = runs[0]
-        if notebook in HANGS or (first["trial_seconds"] or 0) >= 3:  # long enough to type a cell meanwhile
-            assert first["run_going_on"], f"the other cell answered only after the run: {first}"
-        assert "after" in first, f"the kernel never answered the other cell: {first}"
-        for run in runs:
-            assert run["rows"] == 1, run
-            assert "Error" not in run["status"], run  # a finished trial reports its outcome, not an exception
-            if (run["trial_seconds"] or 0) >= 2.5:  # long enough for a live redraw before the final picture
-                assert run["pictures"] >= 2, f"the plot did not move during the run: {run}"
-        if notebook in HANGS:
-            assert " hung " in runs[0]["status"] and "stacks of process" in runs[0]["details"], runs[0]
-            # Stop on a trial that would hang until its timeout: the panel says so and is free again
-            assert "the trial's processes were killed" in _run_then_stop(page, play.nth(play.count() - 1))
-            again = play.nth(play.count() - 1).locator(".labkit-run-button")
-            _wait(again.is_enabled, 10, "Run to be enabled again after Stop")
+        cells = page.locator(".jp-Notebook .jp-CodeCell")
+        expected = len(_code_cells(ROOT / "notebooks" / notebook))
+        _wait(lambda: cells.count() == expected, 90, lambda: f"{notebook}'s {expected} code cells (shown: {cells.count()})")
+        images = page.locator(".jp-OutputArea-output img")
+        _wait(lambda: images.count() >= _saved_images(ROOT / "notebooks" / notebook), 30,
+              lambda: f"{notebook}'s saved figures (shown: {images.count()})")
+        assert all(img.evaluate("i => i.complete && i.naturalWidth > 100") for img in images.all())
+        assert not page.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
     finally:
-        page.screenshot(path=str(artifacts / f"{Path(notebook).stem}-page.png"))  # what it looked like at the end
+        page.screenshot(path=str(artifacts / f"{Path(notebook).stem}-page.png"))
         page.close()
         lab.shut_down_kernels()
 
 
 LIVE_CELL = """import labkit
 live = labkit.LivePlot("thread-storm / one-thread")
-trial = labkit.run("thread-storm", "one-thread", knobs={"tokens": 16}, on_tick=live).trials[0]
+trial = labkit.run("thread-storm", "one-thread", knobs={"tokens": 64}, on_tick=live).trials[0]  # 4 to 5 s
 print("finished:", trial.outcome)"""
 
 
-def test_a_cells_live_plot_moves_while_the_trial_runs(lab, browser, artifacts):
-    """Outside panels, ``LivePlot`` redraws through a display handle in the cell that runs the trial."""
+def _play_cells() -> list[tuple[str, str]]:
+    """Every notebook's Play cells, in order: ``(notebook, source)``. Each imports what it needs."""
+    return [(nb.name, "".join(cell["source"])) for nb in NOTEBOOKS for cell in _code_cells(nb)
+            if PLAY_CELL in "".join(cell["source"])]
+
+
+def test_every_panel_runs_in_the_browser(lab, browser, artifacts):
+    """Every notebook's panels in one kernel (what differs between them is the scenario and its controls,
+    not the kernel): build each, press its Run, and watch its table and plot; a cell asked meanwhile
+    answers (during the kernel's first trial, which starts its warm process, and during a hang); Stop
+    ends a trial that would hang; a plain cell's ``LivePlot`` redraws while its trial runs."""
     import nbformat
 
+    plays = _play_cells()
     kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}  # else Lab asks
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(LIVE_CELL)], metadata=kernel),
-                   lab.root / "live.ipynb")
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    cells = [nbformat.v4.new_code_cell(source) for _, source in plays] + [nbformat.v4.new_code_cell(LIVE_CELL)]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=kernel), lab.root / "panels.ipynb")
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
     try:
-        page.goto(f"{lab.url}/lab/workspaces/live/tree/live.ipynb?token={lab.token}")
-        cell = page.locator(".jp-CodeCell").first
-        cell.wait_for(timeout=90_000)
-        _wait(lambda: lab.kernel_state("live.ipynb") == "idle", 90, "the kernel to start")
-        cell.locator(".jp-InputArea-editor").click()
-        _execute(page, cell)
-        picture, seen = cell.locator(".jp-OutputArea-output img"), []
-
-        def finished():
-            if picture.count() and (src := picture.first.get_attribute("src")) and src not in seen:
-                seen.append(src)
-            return "finished:" in cell.locator(".jp-OutputArea").inner_text()
-
-        _wait(finished, RUN_TIMEOUT_S, "the cell to finish", poll=0.1)
-        cell.screenshot(path=str(artifacts / "live-cell.png"))
+        page.goto(f"{lab.url}/lab/workspaces/panels/tree/panels.ipynb?token={lab.token}")
+        code = page.locator(".jp-Notebook .jp-CodeCell")
+        _wait(lambda: code.count() == len(cells), 90, "the panels' notebook to open")
+        # found by their text: the cells that ask the kernel something are added between them
+        shown = code.filter(has=page.locator(".jp-InputArea-editor", has_text=PLAY_CELL))
+        _wait(lambda: lab.kernel_state("panels.ipynb") == "idle", 90, "its kernel to start")
+        runs = []
+        for i, (notebook, _) in enumerate(plays):
+            cell = shown.nth(i)
+            cell.locator(".jp-InputArea-editor").click()
+            _wait(lambda: "jp-mod-active" in (cell.get_attribute("class") or ""), 10, "the Play cell to be active")
+            _execute(page, cell)
+            box, error = cell.locator(".labkit-panel"), cell.locator("[data-mime-type*='error']")
+            _wait(lambda: box.count() or error.count(), RUN_TIMEOUT_S, f"the panel of {notebook}'s Play cell")
+            assert not error.count(), error.first.inner_text()
+            assert "ipywidgets" not in cell.locator(".jp-OutputArea").inner_text()  # the widget, not its fallback
+            stderr = cell.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+            assert not stderr.count(), f"the panel opens under a stderr box: {stderr.first.inner_text()}"  # reads as an error
+            assert box.locator(".labkit-run-button").is_enabled()
+            hangs = notebook in HANGS and not any(run["notebook"] == notebook for run in runs)
+            run = _press_run(page, cell, ask_kernel=i == 0 or hangs)  # the kernel's first trial starts its warm process
+            runs.append({"notebook": notebook, "hangs": hangs, **run})
+            box.screenshot(path=str(artifacts / f"{Path(notebook).stem}-panel{sum(r['notebook'] == notebook for r in runs)}.png"))
+        print(json.dumps(runs, indent=1))
+        for run in runs:
+            assert run["rows"] == 1, run
+            assert "Error" not in run["status"], run  # a finished trial reports its outcome, not an exception
+            if (run["trial_seconds"] or 0) >= 2.5:  # long enough for a live redraw before the final picture
+                assert run["pictures"] >= 2, f"the plot did not move during the run: {run}"
+            if run["hangs"] or (run is runs[0] and (run["trial_seconds"] or 0) >= 3):  # long enough to type a cell
+                assert run["run_going_on"], f"the other cell answered only after the run: {run}"
+            if run["hangs"]:
+                assert " hung " in run["status"] and "stacks of process" in run["details"], run
+        # Stop on a trial that would hang until its timeout: the panel says so and is free again
+        last_of_hangs = max(i for i, (notebook, _) in enumerate(plays) if notebook in HANGS)
+        assert "the trial's processes were killed" in _run_then_stop(page, shown.nth(last_of_hangs))
+        again = shown.nth(last_of_hangs).locator(".labkit-run-button")
+        _wait(again.is_enabled, 10, "Run to be enabled again after Stop")
+        _assert_the_live_cell_moves(page, code.filter(has=page.locator(".jp-InputArea-editor", has_text="LivePlot(")),
+                                    artifacts)
     finally:
+        page.screenshot(path=str(artifacts / "panels-page.png"))  # what it looked like at the end
         page.close()
         lab.shut_down_kernels()
+
+
+def _assert_the_live_cell_moves(page, cell, artifacts) -> None:
+    """Outside panels, ``LivePlot`` redraws through a display handle in the cell that runs the trial."""
+    cell.locator(".jp-InputArea-editor").click()
+    _execute(page, cell)
+    picture, seen = cell.locator(".jp-OutputArea-output img"), []
+
+    def finished():
+        if picture.count() and (src := picture.first.get_attribute("src")) and src not in seen:
+            seen.append(src)
+        return "finished:" in cell.locator(".jp-OutputArea").inner_text()
+
+    _wait(finished, RUN_TIMEOUT_S, "the live cell to finish", poll=0.1)
+    cell.screenshot(path=str(artifacts / "live-cell.png"))
     assert len(seen) >= 3, f"the cell's plot was drawn {len(seen)} times during the trial"
 
 

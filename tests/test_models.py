@@ -20,6 +20,22 @@ def test_weights_are_the_same_every_time(tiny):
     assert first == pytest.approx([-0.9248479, -0.0278395, -0.9791431], abs=1e-6)
 
 
+def test_built_without_drawing_weights_first_it_is_the_plainly_built_model(tiny):
+    """tiny_model builds on the meta device (its weights are all filled next): every buffer that the
+    model's construction computes must come out as a plain construction's, and so must the logits."""
+    from transformers import Qwen3ForCausalLM
+
+    _, tok = tiny
+    model = models.tiny_model()
+    plain = Qwen3ForCausalLM(models.tiny_config())
+    models.fill_weights(plain)
+    buffers, plain_buffers = dict(model.named_buffers()), dict(plain.named_buffers())
+    assert buffers.keys() == plain_buffers.keys()
+    assert all(torch.equal(buffers[name], plain_buffers[name]) for name in buffers)
+    ids = tok(["A lock"], return_tensors="pt").input_ids
+    assert torch.equal(model(ids).logits, plain.eval()(ids).logits)
+
+
 def test_tokenizer_round_trips_and_generation_is_batch_invariant(tiny):
     model, tok = tiny
     prompts = ["Rotary position embeddings turn each position", "A lock"]

@@ -54,7 +54,7 @@ def test_the_route_is_chosen_at_run_time_and_a_bad_one_is_one_line(monkeypatch):
 HIDDEN = textwrap.dedent("""
     import json
     from labkit import run
-    storm = run("thread-storm", "broken", knobs={"tokens": 2}).trials[0]
+    storm = run("thread-storm", "broken", knobs={"tokens": 2, "workers": 2}).trials[0]  # 2 x 2 threads on 2 cores
     hang = run("tokenizer-deadlock", "broken", timeout=4).trials[0]
     print(json.dumps({"storm": storm.outcome, "hang": hang.outcome, "hung_by": hang.notes.get("hung"),
                       "stacks": len(hang.stacks)}))

@@ -386,3 +386,36 @@ def test_a_scenario_edited_between_two_runs_runs_its_new_code(tmp_path):
     done = subprocess.run([sys.executable, "-c", EDITS, str(copy / "scenarios" / "test_edited.py")], capture_output=True,
                           text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
     assert done.stdout.split() == ["1.0", "2.0"], done.stderr[-3000:]
+
+
+def test_a_fork_request_that_timed_out_leaves_no_trial_and_keeps_the_count(monkeypatch, tmp_path):
+    """A template that answers after the parent gave up: its late trial is killed as soon as it is seen,
+    its exit does not count twice, and the template goes on serving."""
+    import psutil
+
+    first = run_isolated(threads_and_seeds, timeout=60)  # the template is warm
+    (template,) = [t for t in warm._templates.values() if t.proc.pid == first.value["parent"]]
+    monkeypatch.setattr(warm, "FORK_TIMEOUT", 0.0)  # the parent gives up before any template could answer
+    with pytest.raises(warm.TemplateFailed, match="did not fork a trial within 0 s"):
+        run_isolated(waits_for, {"flag": str(tmp_path / "never")}, timeout=60)  # it would wait for ever
+    deadline = time.monotonic() + 20
+    while (template.busy or template._abandoned or psutil.Process(template.proc.pid).children()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (template.busy, template._abandoned, psutil.Process(template.proc.pid).children()) == (0, set(), [])
+    monkeypatch.setattr(warm, "FORK_TIMEOUT", 30.0)
+    again = run_isolated(threads_and_seeds, timeout=60)
+    assert again.outcome == "ok" and again.value["parent"] == template.proc.pid and template.busy == 0
+
+
+def test_a_template_that_fails_its_self_check_starts_trials_fresh_and_doctor_says_why(tmp_path, monkeypatch):
+    """A thread started at start-up (a site's sitecustomize here) could hold a lock at the fork: the template
+    refuses, the trial (doctor's probe) starts fresh, and doctor's trial_start says why."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import threading\nthreading.Thread(target=threading.Event().wait, name='a-site-thread', daemon=True).start()\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    from labkit import doctor
+
+    facts = doctor().facts
+    assert facts["trial_start"].startswith("fresh interpreters: the warm template failed its self-check (it runs "), facts
+    assert "probe_error" not in facts and facts["torch_intra_op_threads"] >= 1  # the probe ran, fresh

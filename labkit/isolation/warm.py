@@ -262,7 +262,8 @@ _templates_lock = threading.Lock()
 @dataclass(frozen=True)
 class Handover:
     """A warm process, ready and reserved for one trial: ``start(folder)`` hands it the trial's folder
-    (its ``call.pkl`` written); ``cancel()`` gives the reservation back if no trial comes."""
+    (its ``call.pkl`` written); ``cancel()`` gives the reservation back if no trial comes: the caller's
+    to call, once, when ``start`` raised or was never called."""
 
     start: Callable[[Path], "WarmChild | subprocess.Popen"]
     cancel: Callable[[], None]
@@ -305,18 +306,11 @@ def prepare(env: Mapping[str, str], on_wait: OnWait | None = None) -> Handover:
             template.busy += 1  # reserved before the fork, so that no other thread ends this template meanwhile
         _evict()
 
-    def unreserve() -> None:
+    def unreserve() -> None:  # the caller's, once, when start() raised or no trial came
         with template._changed:
             template.busy -= 1
 
-    def fork(folder: Path) -> WarmChild:
-        try:
-            return template.fork(folder)
-        except BaseException:
-            unreserve()
-            raise
-
-    return Handover(fork, unreserve)
+    return Handover(template.fork, unreserve)
 
 
 def _key(env: Mapping[str, str]) -> frozenset:
@@ -340,6 +334,11 @@ def _wait_ready(process: _Warm, on_wait: OnWait | None) -> None:
 def starting() -> str | None:
     """What a trial is waiting for, while a warm process starts (a panel or the CLI says it), else None."""
     return _starting
+
+
+def refused(env: Mapping[str, str]) -> str | None:
+    """Why the template of ``env`` failed its self-check (its trials start fresh), or None."""
+    return _unsafe.get(_key(env))
 
 
 def expect(envs: list[Mapping[str, str]]) -> None:

@@ -93,9 +93,15 @@ def tiny_model(vocab_size: int | None = None, seed: int = SEED, **overrides: Any
     Importing the modeling code takes ~2 s on first use; processes that fork workers should
     build (or import ``Qwen3ForCausalLM``) before forking so the workers share it.
     """
+    import torch
     from transformers import Qwen3ForCausalLM
 
-    model = Qwen3ForCausalLM(tiny_config(vocab_size, **overrides))
+    config = tiny_config(vocab_size, **overrides)
+    where = torch.get_default_device()  # this thread's default (thread-device builds under a context)
+    with torch.device("meta"):  # no weights drawn that fill_weights would overwrite (half the build, 152k vocab)
+        model = Qwen3ForCausalLM(config)
+    model.to_empty(device=where)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)  # its buffers, computed when built
     fill_weights(model, seed)
     model.generation_config.pad_token_id = model.config.pad_token_id
     # Random weights have no meaningful end-of-text: every request generates exactly the tokens

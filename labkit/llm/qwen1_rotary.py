@@ -105,9 +105,10 @@ class TracedRotary(LazySharedRotary):
     Two kinds of row are evidence. A read whose tables hold fewer rows than it ``needs``, or none,
     landed inside another thread's rebuild, between the length being raised and the tables being
     assigned: the ``TypeError`` and ``IndexError``. A read whose ``factor used`` (from the list the
-    last prefill left on the module) or ``tables' factor`` is not the ``request's factor`` (from its
-    own prompt's length) computes this request's positions with another request's scaling: a wrong
-    answer, with no error.
+    last prefill of any thread left on the module) is not the ``request's factor`` (from its own
+    prompt's length) computes this request's positions with another request's scaling: a wrong answer,
+    with no error. ``factor says`` is the module's cached factor, which, like ``length says``, is set
+    when a rebuild starts, so it may run ahead of the tables held: shown, not counted as evidence.
     """
 
     def __init__(self, dim: int, base: float = 10000.0):
@@ -125,7 +126,7 @@ class TracedRotary(LazySharedRotary):
         self.log.append({"thread": threading.current_thread().name, "event": event, "needs": needs,
                          "length says": self._seq_len_cached, "tables hold": None if tables is None else len(tables[0]),
                          "request's factor": getattr(self._own, "factor", None), "factor used": alpha,
-                         "tables' factor": self._ntk_alpha_cached})
+                         "factor says": self._ntk_alpha_cached})
 
     def update_rotary_pos_emb_cache(self, seqlen: int, alpha: float, device) -> None:
         if seqlen > self._seq_len_cached or alpha != self._ntk_alpha_cached:

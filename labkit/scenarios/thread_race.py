@@ -287,14 +287,14 @@ def interleaving(threads: int = 8, tokens: int = 8) -> list[dict]:
 def evidence(log: list[dict]):
     """The rows of an :func:`interleaving` log that prove the race, as two frames: **torn** reads
     (tables holding fewer rows than the read needs, or none: inside another thread's rebuild) and
-    **borrowed** factors (the factor used, or the tables', is not the request's own: a wrong answer)."""
+    **borrowed** factors (the factor used is not the request's own: a wrong answer)."""
     import pandas as pd
 
     frame = pd.DataFrame(log)
     reads = frame[frame["event"] == "reads tables"]
     own = reads["request's factor"]
     torn = reads[~(reads["tables hold"] >= reads["needs"])]
-    borrowed = reads[(reads["factor used"] != own) | (reads["tables' factor"] != own)]
+    borrowed = reads[reads["factor used"] != own]
     return torn, borrowed
 
 

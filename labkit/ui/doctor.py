@@ -1,15 +1,14 @@
 """What this machine has that matters for concurrency: cores, thread pools, variables, devices.
 
 Thread-pool sizes are process-global and fixed when a library first loads, so the report reads
-them in a fresh interpreter (like ``python -m threadpoolctl -i``): what a new trial will see, not
-what this notebook kernel has been changed to.
+them in a trial's process, started as every trial is (like ``python -m threadpoolctl -i`` in a new
+interpreter): what a new trial will see, not what this notebook kernel has been changed to. Its
+warm process then serves the trials that follow.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,53 +25,55 @@ ENV_VARS = (
 )
 LIBRARIES = ("torch", "transformers", "accelerate", "tokenizers", "numpy", "threadpoolctl", "psutil", "pynvml")
 
-_PROBE = r"""
-import json, os
-from labkit.isolation._child import warm_imports_without_cuda
-warm_imports_without_cuda()  # what a warm template imports; then its own self-check, before anything runs
-try:
-    from labkit.isolation._template import check_self
-    template_check = check_self() or "ok"
-except (ImportError, AttributeError):  # no fork route here (no os.fork, no resource module, no os.sysconf)
-    template_check = None
-import multiprocessing, torch, threadpoolctl
-info = {
-    "template_check": template_check,
-    "torch_intra_op_threads": torch.get_num_threads(),
-    "torch_inter_op_threads": torch.get_num_interop_threads(),
-    "torch_parallel_backend": next((l.split(":", 1)[1].strip() for l in torch.__config__.parallel_info().splitlines()
-                                    if l.startswith("ATen parallel backend")), "?"),
-    "torch_mkl": torch.backends.mkl.is_available(),
-    "native_pools": [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "prefix", "version")}
-                     for p in threadpoolctl.threadpool_info()],
-    "start_method": multiprocessing.get_start_method(),
-    "cuda_available": torch.cuda.is_available(),
-    "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-}
-try:
-    from torch.distributed import constants
-    info["distributed_default_timeout"] = str(constants.default_pg_timeout)
-except Exception:
-    pass
-try:  # does accelerate's dispatch hook move the cache transformers hands over? (device-mismatch)
-    from accelerate.utils import send_to_device
-    from transformers import DynamicCache
-    from labkit.llm.upstream import cache_tensors
-    cache = DynamicCache(((torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)),))
-    info["dispatch_moves_cache"] = cache_tensors(send_to_device(cache, "meta"))[0][0].is_meta
-except Exception:
-    pass
-try:  # is dynamo's config per thread? (compile-threads: torch 2.12 made it so)
-    import threading, torch._dynamo
-    torch._dynamo.config.recompile_limit += 1
-    seen = []
-    other = threading.Thread(target=lambda: seen.append(torch._dynamo.config.recompile_limit))
-    other.start(); other.join()
-    info["dynamo_config_per_thread"] = seen[0] != torch._dynamo.config.recompile_limit
-except Exception:
-    pass
-print(json.dumps(info))
-"""
+def _probe() -> dict[str, Any]:
+    """What a trial sees here, read in one: its pools, start method, devices and library behaviours."""
+    import multiprocessing
+
+    import threadpoolctl
+    import torch
+
+    info = {
+        "torch_intra_op_threads": torch.get_num_threads(),
+        "torch_inter_op_threads": torch.get_num_interop_threads(),
+        "torch_parallel_backend": next((l.split(":", 1)[1].strip() for l in torch.__config__.parallel_info().splitlines()
+                                        if l.startswith("ATen parallel backend")), "?"),
+        "torch_mkl": torch.backends.mkl.is_available(),
+        "native_pools": [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "prefix", "version")}
+                         for p in threadpoolctl.threadpool_info()],
+        "start_method": multiprocessing.get_start_method(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+    try:
+        from torch.distributed import constants
+
+        info["distributed_default_timeout"] = str(constants.default_pg_timeout)
+    except Exception:  # noqa: BLE001 - a build without torch.distributed: the fact is left out
+        pass
+    try:  # does accelerate's dispatch hook move the cache transformers hands over? (device-mismatch)
+        from accelerate.utils import send_to_device
+        from transformers import DynamicCache
+
+        from labkit.llm.upstream import cache_tensors
+
+        cache = DynamicCache(((torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)),))
+        info["dispatch_moves_cache"] = cache_tensors(send_to_device(cache, "meta"))[0][0].is_meta
+    except Exception:  # noqa: BLE001 - an API that moved: the hazard rule says unknown
+        pass
+    try:  # is dynamo's config per thread? (compile-threads: torch 2.12 made it so)
+        import threading
+
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit += 1
+        seen: list[int] = []
+        other = threading.Thread(target=lambda: seen.append(torch._dynamo.config.recompile_limit))
+        other.start()
+        other.join()
+        info["dynamo_config_per_thread"] = seen[0] != torch._dynamo.config.recompile_limit
+    except Exception:  # noqa: BLE001 - as above
+        pass
+    return info
 
 
 @dataclass
@@ -124,6 +125,8 @@ def doctor(workers: int = 1) -> Report:
 
     import psutil
 
+    from labkit.isolation import warm
+    from labkit.isolation.isolated import child_environment, run_isolated
     from labkit.machine import nvml, system
     from labkit.llm.devices import usable_cores
     from labkit.core.scenario import all_scenarios
@@ -133,7 +136,8 @@ def doctor(workers: int = 1) -> Report:
     if workers < 1:
         raise BadInput(f"workers must be at least 1, got {workers}")
     facts: dict[str, Any] = {
-        "python": f"{platform.python_version()} ({sys.executable})",
+        "python": platform.python_version(),
+        "interpreter": sys.executable,  # which environment the trials run in
         "platform": platform.platform(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
@@ -141,14 +145,17 @@ def doctor(workers: int = 1) -> Report:
         "memory_gib": _reading(lambda: round(psutil.virtual_memory().total / 2**30, 1)),
         **system.describe(),  # the platform's route, how trials start, what is unavailable here
     }
-    probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
-    if probe.returncode == 0:
-        facts.update(json.loads(probe.stdout.strip().splitlines()[-1]))
-        check = facts.pop("template_check", None)
-        if facts["trial_start"] == system.WARM_STARTS["fork"] and check not in (None, "ok"):
-            facts["trial_start"] = f"fresh interpreters: the warm template failed its self-check ({check})"
-    else:
-        facts["probe_error"] = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "probe failed"
+    try:  # started as every trial is: what a new trial will see
+        probe = run_isolated(_probe, timeout=120)
+        if probe.outcome == "ok":
+            facts.update(probe.value)
+        else:
+            facts["probe_error"] = probe.error
+        why = warm.refused(child_environment(None))
+        if why:
+            facts["trial_start"] = f"fresh interpreters: the warm template failed its self-check ({why})"
+    except Exception as exc:  # noqa: BLE001 - no warm process could start: the facts say so
+        facts["probe_error"] = f"{type(exc).__name__}: {exc}"
     for var in ENV_VARS:
         facts[var] = os.environ.get(var, "(unset)")
     gpu = nvml.describe()

@@ -55,8 +55,8 @@ for s in labkit.all_scenarios():
 # %% [markdown]
 # ## What this machine has, and what it is exposed to
 #
-# `labkit.doctor()` reads the thread pools in a fresh interpreter (they are fixed when a library
-# loads), the variables that change them, and the GPUs, and judges each failure mode from them:
+# `labkit.doctor()` reads the thread pools in a trial's process, started as every trial is (they are
+# fixed when a library loads, so this kernel's own say nothing about a new trial), the variables that change them, and the GPUs, and judges each failure mode from them:
 # `exposed`, `not exposed`, or `unknown` where it depends on your code, with the evidence and the fix.
 # Say how many worker processes you run (`doctor(workers=4)`, `labkit doctor --workers 4`): the storm
 # depends on it.
@@ -67,7 +67,7 @@ report.hazards_frame()
 
 # %%
 facts = report.to_frame()
-facts[facts["what"] != "python"]  # every fact but the interpreter's path, which is this machine's own
+facts[facts["what"] != "interpreter"]  # every fact but the interpreter's path, which is this machine's own
 
 # %% [markdown]
 # ## One trial, watched

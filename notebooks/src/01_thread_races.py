@@ -94,7 +94,8 @@ print("the broken variant failed:", broken.outcome in ("raised", "wrong"))
 #   at that moment; **tables hold**: how many rows the tables really have (blank: no tables yet);
 # * **request's factor**: the NTK factor this request's own prompt length calls for; **factor used**: the
 #   one it asked the module for (at a decode step, whatever the *last prefill of any thread* left on the
-#   module); **tables' factor**: the one the shared tables were built with.
+#   module); **factor says**: the factor the module's cache claims. Like the length, it is written when a
+#   rebuild *starts*, so it can run ahead of the tables the module really holds.
 #
 # A row that says `raised ...` is a request that failed there, and has no numbers. It runs isolated, like a
 # trial: it races.
@@ -109,9 +110,9 @@ log.head(12)
 # %% [markdown]
 # Two kinds of row prove the race. A **torn read**: tables that hold fewer rows than the read needs, or
 # none, because it landed between another thread's "length raised" and "tables assigned" (the
-# `TypeError` and `IndexError`). A **borrowed factor**: a read whose factor used, or whose tables'
-# factor, is not the request's own: it computes this request's positions with another request's scaling,
-# and the answer comes out wrong without any error.
+# `TypeError` and `IndexError`). A **borrowed factor**: a read whose factor used is not the request's
+# own: it computes this request's positions with another request's scaling, and the answer comes out
+# wrong without any error.
 
 # %%
 torn, borrowed = thread_race.evidence(traced.value)
@@ -216,9 +217,9 @@ Markdown("Measured here, tokens/s with 1 and with 8 requests: "
 
 # %% [markdown]
 # The numbers depend on this machine; where they come from does not. The lock lets one request generate
-# at a time, whatever the threads, so what it gains from 1 to 8 requests is not work done in parallel (a
-# serving model's first call is slower than the ones after it, and with 1 request it is all there is to
-# measure). With `per-thread` the threads do generate at the same time, the report's case, but between
+# at a time, whatever the threads, so whatever it shows from 1 to 8 requests in the line above (often
+# within noise) is not work done in parallel (a serving model's first call is slower than the ones after
+# it, and with 1 request it is all there is to measure). With `per-thread` the threads do generate at the same time, the report's case, but between
 # this model's tiny ops each thread runs Python, which the GIL lets one thread do at a time (on a GPU,
 # every thread's kernels also go to one CUDA queue: not measured here). A batch hands every op all 8 rows
 # at once: fewer, larger pieces of work.

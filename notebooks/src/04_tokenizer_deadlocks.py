@@ -29,7 +29,7 @@
 #    forever.
 # 2. **oom-hang**: a *tensor-parallel* job splits each layer of the model over several GPUs, one process
 #    per part, and each of those processes is a *rank* (rank 0, rank 1, ...). One rank runs out of its
-#    memory budget, *catches and logs* the error and stays alive, while its peer waits in a *collective*
+#    memory budget (here: its KV cache is full), *catches and logs* the error and stays alive, while its peer waits in a *collective*
 #    (an operation every rank must join, here an `all_reduce` that sums a tensor across ranks) for a
 #    message that never comes.
 #
@@ -138,6 +138,10 @@ print({v: t.outcome for v, t in fixes.items()})
 # `StaticCache`, as engines size their cache pool), and rank 1 has a quarter of rank 0's memory. Each rank
 # is a small serving engine: a worker thread runs the model and **catches and logs** errors, while the
 # rank's main loop waits for each step's result.
+#
+# Running out of that budget does not raise torch's `OutOfMemoryError` here: a `StaticCache` that is full
+# fails to write one token past its last slot, as an `IndexError` in `index_copy_`. That error stands in
+# for the report's CUDA out-of-memory error; either way the worker catches it and only logs it.
 #
 # The size of a KV cache follows from the config alone, `labkit.kv_cache_bytes(config, batch, seq_len,
 # dtype)`: keys and values x layers x KV heads x head size x tokens x batch x bytes per element. Here it
