@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -83,8 +84,6 @@ def main() -> None:
 
 
 def _commit(root: Path) -> str:
-    import subprocess
-
     done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return done.stdout.strip() or "?"
 
