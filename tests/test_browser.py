@@ -280,11 +280,10 @@ def test_each_notebook_opens_with_its_saved_outputs(notebook, lab, browser, arti
         # a workspace of its own, so that no tab of an earlier test comes back with it
         page.goto(f"{lab.url}/lab/workspaces/{Path(notebook).stem}/tree/{notebook}?token={lab.token}")
         cells = page.locator(".jp-Notebook .jp-CodeCell")
-        expected = len(_code_cells(ROOT / "notebooks" / notebook))
+        expected, saved = len(_code_cells(ROOT / "notebooks" / notebook)), _saved_images(ROOT / "notebooks" / notebook)
         _wait(lambda: cells.count() == expected, 90, lambda: f"{notebook}'s {expected} code cells (shown: {cells.count()})")
         images = page.locator(".jp-OutputArea-output img")
-        _wait(lambda: images.count() >= _saved_images(ROOT / "notebooks" / notebook), 30,
-              lambda: f"{notebook}'s saved figures (shown: {images.count()})")
+        _wait(lambda: images.count() >= saved, 30, lambda: f"{notebook}'s {saved} saved figures (shown: {images.count()})")
         assert all(img.evaluate("i => i.complete && i.naturalWidth > 100") for img in images.all())
         assert not page.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
     finally:

@@ -169,9 +169,7 @@ class Template(_Warm):
                 if folder in self._abandoned:  # asked for long ago, given up on: end it, it must not run
                     self._abandoned.discard(folder)
                     self._uncounted.add(int(pid))
-                    from labkit.machine.system_linux import kill_group
-
-                    kill_group(int(pid))
+                    system.current().tree(int(pid)).kill()
                 else:
                     self._forked[folder] = int(pid)
             elif kind == "exit":

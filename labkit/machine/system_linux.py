@@ -90,10 +90,7 @@ class LinuxTree(Tree):
         return seconds
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.leader, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        kill_group(self.leader)
 
     def ask_stacks(self, pid: int, folder: Path) -> str | None:
         catches = _catches(pid, STACK_SIGNAL)
@@ -182,7 +179,8 @@ def fork() -> int:
 
 
 def kill_group(pgid: int) -> None:
-    """The template's clean-up of a trial whose parent is gone."""
+    """Kill a trial's whole process group (a tree's end, and the template's clean-up of a trial whose parent
+    is gone); one already gone is no error."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
