@@ -34,6 +34,8 @@ def test_built_without_drawing_weights_first_it_is_the_plainly_built_model(tiny)
     assert all(torch.equal(buffers[name], plain_buffers[name]) for name in buffers)
     ids = tok(["A lock"], return_tensors="pt").input_ids
     assert torch.equal(model(ids).logits, plain.eval()(ids).logits)
+    shared = models.tiny_model(weights=models.tiny_weights())  # one draw for several workers (thread-storm)
+    assert torch.equal(shared(ids).logits, model(ids).logits)
 
 
 def test_tokenizer_round_trips_and_generation_is_batch_invariant(tiny):

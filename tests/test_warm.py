@@ -35,12 +35,41 @@ def test_a_warm_trial_is_a_fork_of_its_environments_template():
     assert a.value["np"] != b.value["np"] and a.value["py"] != b.value["py"]  # reseeded, as a new interpreter is
 
 
-def test_a_variable_read_at_load_time_acts_as_at_start_up():
-    """libgomp reads OMP_NUM_THREADS when torch loads: a trial with it set must not share a template."""
-    one = run_isolated(threads_and_seeds, timeout=60, env={"OMP_NUM_THREADS": "1"})
-    two = run_isolated(threads_and_seeds, timeout=60, env={"OMP_NUM_THREADS": "2"})
-    assert (one.value["torch_threads"], two.value["torch_threads"]) == (1, 2)
-    assert one.value["parent"] != two.value["parent"]
+def test_importing_threadpoolctl_in_the_caller_starts_no_second_template(monkeypatch):
+    """threadpoolctl sets KMP_DUPLICATE_LIB_OK when imported, as every warm process's first import does:
+    found by counting the suite's templates (a notebook started one again after a cell imported it)."""
+    monkeypatch.delenv("KMP_DUPLICATE_LIB_OK", raising=False)
+    before = run_isolated(threads_and_seeds, timeout=60)
+    monkeypatch.setenv("KMP_DUPLICATE_LIB_OK", "True")
+    after = run_isolated(threads_and_seeds, timeout=60)
+    assert before.value["parent"] == after.value["parent"]
+
+
+def test_loading_a_model_in_the_kernel_starts_no_second_warm_process(monkeypatch):
+    """Loading a model sets TORCHINDUCTOR_CACHE_DIR in this process: a variable only the run-time sets."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    before = run_isolated(threads_and_seeds, timeout=60)
+    import torch
+
+    from labkit.llm.models import tiny_model
+
+    tiny_model()(input_ids=torch.tensor([[1, 2, 3]]))  # what a notebook does
+    assert "TORCHINDUCTOR_CACHE_DIR" in os.environ
+    after = run_isolated(threads_and_seeds, timeout=60)
+    assert after.value["parent"] == before.value["parent"]  # the same template
+
+
+def parallelism_setting():
+    return {"set": float(os.environ.get("TOKENIZERS_PARALLELISM", "unset") == "false"), "parent": float(os.getppid())}
+
+
+def test_a_variable_read_only_at_run_time_shares_the_template_and_still_acts():
+    """tokenizers reads TOKENIZERS_PARALLELISM when it acts, not when it loads: notebook 04's variants
+    (true, false, unset) fork from one template, each with its own setting (the tokenizer-deadlock
+    tests check what each setting does)."""
+    off = run_isolated(parallelism_setting, timeout=60, env={"TOKENIZERS_PARALLELISM": "false"})
+    on = run_isolated(parallelism_setting, timeout=60, env={"TOKENIZERS_PARALLELISM": "true"})
+    assert (off.value["set"], on.value["set"]) == (1, 0) and off.value["parent"] == on.value["parent"]
 
 
 def blas_after_fork():
@@ -244,6 +273,16 @@ def test_trials_from_several_threads_share_a_template():
     assert len({r.value["pid"] for r in results}) == 4
 
 
+# From here on, tests start templates of other environments: at most two are kept, so each would end
+# the default environment's, which the tests above share.
+def test_a_variable_read_at_load_time_acts_as_at_start_up():
+    """libgomp reads OMP_NUM_THREADS when torch loads: a trial with it set must not share a template."""
+    one = run_isolated(threads_and_seeds, timeout=60, env={"OMP_NUM_THREADS": "1"})
+    two = run_isolated(threads_and_seeds, timeout=60, env={"OMP_NUM_THREADS": "2"})
+    assert (one.value["torch_threads"], two.value["torch_threads"]) == (1, 2)
+    assert one.value["parent"] != two.value["parent"]
+
+
 def test_a_template_that_cannot_start_says_why(tmp_path, monkeypatch):
     (tmp_path / "torch.py").write_text("raise ImportError('no torch here (planted by the test)')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the template imports this torch first
@@ -325,20 +364,6 @@ def test_stop_while_a_warm_process_starts_runs_no_trial(tmp_path):
     assert waits and waits[0].startswith("starting a warm process for this environment, about ")
     again = run_isolated(ran, {"flag": str(tmp_path / "second")}, timeout=60, env=env)  # the template went on importing
     assert again.outcome == "ok" and (tmp_path / "second").exists() and not (tmp_path / "first").exists()
-
-
-def test_loading_a_model_in_the_kernel_starts_no_second_warm_process(monkeypatch):
-    """Loading a model sets TORCHINDUCTOR_CACHE_DIR in this process: a variable only the run-time sets."""
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    before = run_isolated(threads_and_seeds, timeout=60)
-    import torch
-
-    from labkit.llm.models import tiny_model
-
-    tiny_model()(input_ids=torch.tensor([[1, 2, 3]]))  # what a notebook does
-    assert "TORCHINDUCTOR_CACHE_DIR" in os.environ
-    after = run_isolated(threads_and_seeds, timeout=60)
-    assert after.value["parent"] == before.value["parent"]  # the same template
 
 
 def test_a_child_that_fails_before_its_first_line_shows_its_traceback(tmp_path, monkeypatch):

@@ -24,7 +24,9 @@ import traceback
 from pathlib import Path
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
-WARM_IMPORTS = ("torch", "numpy", "transformers", "accelerate", "tokenizers", "cloudpickle", "psutil", "threadpoolctl")
+# threadpoolctl first: it sets KMP_DUPLICATE_LIB_OK (a default) before any OpenMP runtime loads, as the
+# warm processes' key assumes (labkit.isolation.warm.SET_BY_IMPORTS)
+WARM_IMPORTS = ("threadpoolctl", "torch", "numpy", "transformers", "accelerate", "tokenizers", "cloudpickle", "psutil")
 
 
 def warm_imports() -> None:

@@ -48,9 +48,15 @@ MAX_TEMPLATES = 2  # environments kept warm at once; each template holds torch a
 MAX_SPARES = 4
 IDLE_LIFETIME = 600.0  # seconds an idle warm process is kept
 # Variables that no library reads when it loads, and that the run-time sets or changes as it goes (a
-# model loaded in a notebook sets TORCHINDUCTOR_CACHE_DIR; CUDA's first use sets CUDA_MODULE_LOADING):
-# a trial gets them (its whole environment) after it starts, so they need no warm process of their own.
-RUN_TIME_ONLY = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "CUDA_MODULE_LOADING"})
+# model loaded in a notebook sets TORCHINDUCTOR_CACHE_DIR; CUDA's first use sets CUDA_MODULE_LOADING),
+# or that a library reads only when it acts (tokenizers reads TOKENIZERS_PARALLELISM each time it may
+# parallelise, and in its fork handler): a trial gets them (its whole environment) after it starts, so
+# they need no warm process of their own.
+RUN_TIME_ONLY = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "CUDA_MODULE_LOADING", "TOKENIZERS_PARALLELISM"})
+# Variables a warm process's own first import sets, as defaults, before any library could read them:
+# threadpoolctl sets KMP_DUPLICATE_LIB_OK=True (labkit.isolation._child.WARM_IMPORTS), so a caller that
+# imported threadpoolctl (a notebook's cell) and one that did not share one warm process, not one each.
+SET_BY_IMPORTS = {"KMP_DUPLICATE_LIB_OK": "True"}
 READY_TIMEOUT = 300.0  # seconds a warm process may take to import everything
 FORK_TIMEOUT = 30.0  # seconds a template may take to answer a fork request
 TICK = 0.25
@@ -312,7 +318,7 @@ def prepare(env: Mapping[str, str], on_wait: OnWait | None = None) -> Handover:
 
 
 def _key(env: Mapping[str, str]) -> frozenset:
-    return frozenset((name, value) for name, value in env.items() if name not in RUN_TIME_ONLY)
+    return frozenset((name, value) for name, value in {**SET_BY_IMPORTS, **env}.items() if name not in RUN_TIME_ONLY)
 
 
 def _wait_ready(process: _Warm, on_wait: OnWait | None) -> None:

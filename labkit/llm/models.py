@@ -65,44 +65,72 @@ def tiny_config(vocab_size: int | None = None, **overrides: Any):
     return config
 
 
-def fill_weights(model, seed: int = SEED) -> None:
-    """Overwrite every parameter from NumPy's PCG64 stream, in name order.
+def draw_weights(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> dict[str, np.ndarray]:
+    """Every parameter's values, by name, from NumPy's PCG64 stream in name order; norm weights, which
+    are ones, draw nothing.
 
-    Norm weights are ones; the embedding and the output head are N(0, 1); other linear weights
-    N(0, 1/fan_in). The unit-scale head gives logits with a spread of several units, so greedy
-    decoding has clear winners and batched and one-at-a-time runs agree token for token. The head
-    is untied on purpose: with tied embeddings a random model mostly repeats its input token, and
-    nothing it says would depend on positions (the thread-race scenario needs that it does).
+    The embedding and the output head are N(0, 1); other linear weights N(0, 1/fan_in). The unit-scale
+    head gives logits with a spread of several units, so greedy decoding has clear winners and batched
+    and one-at-a-time runs agree token for token. The head is untied on purpose: with tied embeddings
+    a random model mostly repeats its input token, and nothing it says would depend on positions (the
+    thread-race scenario needs that it does). NumPy alone, no torch op: a process may draw them and then
+    fork workers that each build the model from them (the thread-storm scenario).
     """
+    rng = np.random.default_rng(seed)
+    drawn = {}
+    for name, shape in sorted(shapes.items()):
+        if name.endswith("norm.weight"):
+            continue
+        std = 1.0 if ("embed" in name or "lm_head" in name) else shape[-1] ** -0.5
+        drawn[name] = rng.standard_normal(shape, dtype=np.float32) * std
+    return drawn
+
+
+def fill_weights(model, seed: int = SEED, weights: dict[str, np.ndarray] | None = None) -> None:
+    """Overwrite every parameter with :func:`draw_weights`' values (``weights``: drawn already, for this model)."""
     import torch
 
-    rng = np.random.default_rng(seed)
+    params = dict(model.named_parameters())
+    drawn = weights if weights is not None else draw_weights({n: tuple(p.shape) for n, p in params.items()}, seed)
     with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
+        for name, param in params.items():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
-                continue
-            std = 1.0 if ("embed" in name or "lm_head" in name) else param.shape[-1] ** -0.5
-            values = rng.standard_normal(param.shape, dtype=np.float32) * std
-            param.copy_(torch.from_numpy(values))
+            else:
+                param.copy_(torch.from_numpy(drawn[name]))
 
 
-def tiny_model(vocab_size: int | None = None, seed: int = SEED, **overrides: Any):
-    """Build the embedded Qwen3 model (eval mode, float32, on the CPU).
+def _on_meta(config):
+    """The model's modules, with no memory behind them and no torch op run (meta tensors compute nothing)."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    with torch.device("meta"):
+        return Qwen3ForCausalLM(config)
+
+
+def tiny_weights(vocab_size: int | None = None, seed: int = SEED, **overrides: Any) -> dict[str, np.ndarray]:
+    """The tiny model's weights, drawn once for several :func:`tiny_model` builds (forked workers share them)."""
+    model = _on_meta(tiny_config(vocab_size, **overrides))
+    return draw_weights({name: tuple(p.shape) for name, p in model.named_parameters()}, seed)
+
+
+def tiny_model(vocab_size: int | None = None, seed: int = SEED, weights: dict[str, np.ndarray] | None = None,
+               **overrides: Any):
+    """Build the embedded Qwen3 model (eval mode, float32, on the CPU); ``weights`` from
+    :func:`tiny_weights` with the same arguments, where they were drawn already.
 
     Importing the modeling code takes ~2 s on first use; processes that fork workers should
     build (or import ``Qwen3ForCausalLM``) before forking so the workers share it.
     """
     import torch
-    from transformers import Qwen3ForCausalLM
 
     config = tiny_config(vocab_size, **overrides)
     where = torch.get_default_device()  # this thread's default (thread-device builds under a context)
-    with torch.device("meta"):  # no weights drawn that fill_weights would overwrite (half the build, 152k vocab)
-        model = Qwen3ForCausalLM(config)
+    model = _on_meta(config)  # no weights drawn that fill_weights would overwrite (half the build, 152k vocab)
     model.to_empty(device=where)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)  # its buffers, computed when built
-    fill_weights(model, seed)
+    fill_weights(model, seed, weights)
     model.generation_config.pad_token_id = model.config.pad_token_id
     # Random weights have no meaningful end-of-text: every request generates exactly the tokens
     # it asked for, so tokens/s compares like with like.

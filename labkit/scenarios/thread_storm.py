@@ -13,11 +13,12 @@ oversubscription is libgomp's wait policy: a thread that finishes its share of a
 spins for a while waiting for the next one, and when the team fits the cores (the default) it
 spins hard. Those spinning threads steal the cores the other workers need.
 
-Worker processes are forked from the trial process right after its imports, before any thread or
-OpenMP pool exists (checked), so each worker starts clean and cheaply; a spawned worker would pay
-the imports again. The ``tokenizer-deadlock`` scenario shows why that check matters. On the
-portable route (macOS, Windows) they are spawned: each imports for itself before the barrier, and
-only the generation after it is measured.
+Worker processes are forked from the trial process right after its imports and one draw of the
+model's weights (NumPy alone: no torch op has run, so no OpenMP pool exists; other Python threads are
+checked), so each worker starts clean and cheaply, and builds its model from the shared draw; a
+spawned worker would pay the imports again. The ``tokenizer-deadlock`` scenario shows why that check
+matters. On the portable route (macOS, Windows) they are spawned: each imports (and draws) for
+itself before the barrier, and only the generation after it is measured.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ storm = register(
         ),
         main_fix="one-thread",
         timeout=180.0,
-        quick={"tokens": 2},
+        quick={"tokens": 1},  # one decode step a sequence: every step spins, so one shows the storm
         check=_check,
         hazard=_hazard,
     )
@@ -164,13 +165,13 @@ def _total(stats: list[dict], key: str, metric: str) -> dict[str, float]:
     return {} if None in values else {metric: sum(values)}
 
 
-def _process_worker(index: int, knobs: dict, setup: bytes, barrier, results) -> None:
+def _process_worker(index: int, knobs: dict, setup: bytes, barrier, results, weights: dict | None = None) -> None:
     import cloudpickle
 
     from labkit.llm.models import tiny_model
 
     region = cloudpickle.loads(setup)()  # sets this worker's thread pools; returns a context factory for the hot loop
-    model = tiny_model(vocab_size=knobs["vocab"])
+    model = tiny_model(vocab_size=knobs["vocab"], weights=weights)
     barrier.wait()  # start together, so the wall clock covers one shared busy period
     with region():
         stats = _measured(lambda: generation_loop(model, batch=knobs["batch"], tokens=knobs["tokens"], top_p=knobs["top_p"], seed=index))
@@ -178,14 +179,17 @@ def _process_worker(index: int, knobs: dict, setup: bytes, barrier, results) -> 
 
 
 def _in_processes(knobs: dict, setup: Callable[[], Any]) -> list[dict[str, float]]:
-    from transformers import Qwen3ForCausalLM  # noqa: F401 - import once here, not once per worker
+    from labkit.llm.models import tiny_weights
 
     ctx = fork_context()  # see the module docstring: nothing but imports has run yet
+    # Forked workers share one draw of the weights (NumPy only: still no torch op before the fork); a
+    # spawned worker draws its own rather than receive 80 MB through a pipe.
+    weights = tiny_weights(knobs["vocab"]) if ctx.get_start_method() == "fork" else None
     barrier, results = ctx.Barrier(knobs["workers"]), ctx.SimpleQueue()
     import cloudpickle  # a variant's set-up is a closure: by value, so that a spawned worker gets it too
 
     setup_by_value = cloudpickle.dumps(setup)
-    procs = [ctx.Process(target=_process_worker, args=(i, knobs, setup_by_value, barrier, results))
+    procs = [ctx.Process(target=_process_worker, args=(i, knobs, setup_by_value, barrier, results, weights))
              for i in range(knobs["workers"])]
     for p in procs:
         p.start()

@@ -5,9 +5,10 @@
 #
 # * what torch's *intra-op* thread pool is, and why several processes that each keep one make the CPU
 #   busy with waiting rather than working;
-# * how to see a storm: CPU seconds per token, OS threads, involuntary context switches;
+# * how to see a storm: CPU seconds per token, beside the OS threads it runs;
 # * why the OpenMP *wait policy* is what turns oversubscription into a storm;
-# * four fixes, the line each changes, and how to tell a real difference from noise with an A/B.
+# * three fixes and one setting, the line each changes, and how to tell a real difference from noise
+#   with an A/B.
 #
 # ## The report
 #
@@ -27,7 +28,7 @@
 # 151,936-token vocabulary: a transformers forward with a KV cache (each layer's keys and values of the
 # tokens so far, kept so that a step computes them for its new token only), then temperature sampling on
 # the CPU over every logit. Left at its defaults, every worker brings a pool with one thread per core. Quick mode
-# (2 new tokens per sequence) keeps each trial to seconds.
+# (one new token per sequence) keeps each trial to seconds.
 
 # %%
 import pandas as pd
@@ -86,8 +87,8 @@ live.show(fixed)
 labkit.variants_table({"broken": broken, "one-thread": fixed})
 
 # %% [markdown]
-# The two live plots look alike: in both, the workers keep both cores busy. Side by side, a bar for each
-# metric the scenario declares, then both trials' CPU use on one time axis from each one's first line,
+# In both live plots the cores are busy while the workers generate; "CPU %" alone does not tell the two
+# apart. Side by side, a bar for each of the scenario's first three metrics, then both trials' CPU use on one time axis from each one's first line,
 # each generation (the measured window) shaded:
 
 # %%
@@ -144,10 +145,10 @@ labkit.comparison_figure(ab)
 
 # %%
 Markdown(f"Here one-thread's tokens per second were **{ab.for_metric('tokens_per_s').ratio:.1f}x** broken's "
-         "(medians of five), where the report's one thread gained a fraction (the quote at the top). There the "
-         "forward ran on a GPU and sampling on the CPU was a small part of each step, so the storm slowed a small "
-         "part of the work. Here the forward of the tiny model is cheap and sampling over 151,936 logits on the CPU "
-         "is most of it, so the storm slows nearly all of it.")
+         "(the A/B's ratio, five a side), where the report's one thread gained a fraction (the quote at the top). "
+         "There the forward ran on a GPU and sampling on the CPU was a small part of each step, so the storm slowed "
+         "a small part of the work. Here the forward runs on the CPU too, in the same pools, so the storm slows "
+         "every part of each step.")
 
 # %% [markdown]
 # ## Every fix
@@ -300,5 +301,5 @@ print(labkit.try_variant(storm, with_setup(one_torch_thread), knobs=QUICK, than=
 #   times threads stays within the cores.
 # * `threadpoolctl` cannot see torch's statically linked MKL: use torch's own setting for torch.
 # * `OMP_WAIT_POLICY=PASSIVE` stops waiting threads from spinning, where you cannot change the code.
-# * Measure CPU seconds per token and involuntary context switches, not only "CPU %": a busy core may be
-#   waiting.
+# * Measure CPU seconds per token, not only "CPU %": a busy core may be waiting. Involuntary context
+#   switches grow with the number of threads as well as with spinning: read them beside CPU per token.
