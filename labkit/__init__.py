@@ -76,6 +76,11 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
+# A process that a trial spawned (a new interpreter) answers stack requests once it imports labkit, as
+# the trial does: labkit.isolation.descendants. Elsewhere it reads one variable and does nothing.
+importlib.import_module("labkit.isolation.descendants").join_trial()
+
+
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'labkit' has no attribute {name!r}")

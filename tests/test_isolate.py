@@ -46,6 +46,17 @@ def deadlocks_with_a_forked_child():
     waiter.join()
 
 
+def deadlocks_with_a_spawned_child():
+    """A spawned worker (a new interpreter: every worker is one on the portable route) that never ends."""
+    import multiprocessing
+
+    from trial_functions import waits_for_good_after_importing_labkit
+
+    child = multiprocessing.get_context("spawn").Process(target=waits_for_good_after_importing_labkit)
+    child.start()
+    child.join()
+
+
 def reads_env():
     return {"set": os.environ.get("LABKIT_TEST_SET"), "gone": os.environ.get("LABKIT_TEST_GONE", "absent")}
 
@@ -85,6 +96,14 @@ def test_hung_comes_back_in_time_with_every_process_stacks_and_leaves_nothing():
     assert "deadlocks_with_a_forked_child" in trial_stack and "join" in trial_stack
     assert "Thread" in trial_stack and trial_stack.count("Thread 0x") + trial_stack.count("Current thread") >= 2
     assert "deadlocks_with_a_forked_child" in child_stack
+    assert group_members(r.pid) == []
+
+
+def test_a_spawned_child_answers_with_its_stacks_once_it_imports_labkit():
+    r = run_isolated(deadlocks_with_a_spawned_child, timeout=30, idle=2)  # hung once still for 2 s
+    assert r.outcome == "hung"
+    spawned = [text for text in r.stacks.values() if "waits_for_good_after_importing_labkit" in text]
+    assert len(spawned) == 1, r.stacks  # the trial, the spawned child, multiprocessing's resource tracker
     assert group_members(r.pid) == []
 
 

@@ -10,6 +10,7 @@ from labkit.machine import system
 # tree. What it does not (a result's outcome, error and traceback; ticks) runs once, on Linux.
 # A result coming back is checked by the first test below.
 from test_isolate import (  # noqa: F401 - collected again here, with the route forced below
+    test_a_spawned_child_answers_with_its_stacks_once_it_imports_labkit,
     test_an_interrupt_still_kills_the_group,
     test_hung_comes_back_in_time_with_every_process_stacks_and_leaves_nothing,
 )

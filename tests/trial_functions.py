@@ -82,3 +82,13 @@ def measures_a_window(before=0.4, measured=0.6):
         pass
     end = time.monotonic()
     return {"items_per_s": 1.0 / (end - start), "measured_start_s": start - entered, "measured_end_s": end - entered}
+
+
+def waits_for_good_after_importing_labkit():
+    """A spawned worker's body, as a scenario's is (its code is labkit's): import labkit, then wait on a
+    lock this thread holds already."""
+    import labkit  # noqa: F401
+
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire()

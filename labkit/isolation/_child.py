@@ -105,13 +105,9 @@ def main(folder: Path, lifeline: bool = False) -> None:
 
 def _prepare(folder: Path):
     """Everything before the trial's first line: stacks on request, the call, its folder and environment."""
-    from labkit.machine import system
+    from labkit.isolation import descendants
 
-    # faulthandler may write from a signal handler with no GIL, so it needs a real file descriptor:
-    # a file of our own, never sys.stderr (in a notebook kernel that one has no descriptor).
-    # Forked grandchildren inherit the file, so their stacks come too.
-    stacks = open(folder / "stacks.txt", "a", buffering=1)
-    system.current().answer_stacks(folder, stacks)
+    descendants.answer_stacks(folder)
 
     import pickle
     import tempfile
@@ -122,6 +118,7 @@ def _prepare(folder: Path):
     os.chdir(call["cwd"])
     os.environ.clear()  # exactly the environment asked for (a template differs in run-time-only variables)
     os.environ.update(call["env"])
+    os.environ[descendants.VARIABLE] = str(folder)  # for the processes it spawns (labkit.isolation.descendants)
     scratch = folder / "tmp"
     scratch.mkdir(exist_ok=True)
     os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)  # its workers' too
