@@ -5,7 +5,8 @@ inherits it.
 The trial names its folder in :data:`VARIABLE`, which every process it starts inherits; a spawned
 process that imports labkit (a scenario's worker does: its code is labkit's) answers stack requests
 from then on, as the trial does, into the trial's own stacks file. A process that never imports
-labkit (multiprocessing's resource tracker, say) is asked and answers nothing, and the stacks say so.
+labkit (multiprocessing's resource tracker, say) gives none, and the stacks say so (on Linux it is
+not even signalled: SIGUSR1 would kill it).
 """
 
 from __future__ import annotations
