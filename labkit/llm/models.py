@@ -65,9 +65,10 @@ def tiny_config(vocab_size: int | None = None, **overrides: Any):
     return config
 
 
-def draw_weights(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> dict[str, np.ndarray]:
-    """Every parameter's values, by name, from NumPy's PCG64 stream in name order; norm weights, which
-    are ones, draw nothing.
+def draw_weights(model, seed: int = SEED) -> dict[str, np.ndarray]:
+    """Every parameter's values, by name, from NumPy's PCG64 stream in name order (``model``'s
+    parameters give the names and shapes: on the meta device will do); norm weights, which are ones,
+    draw nothing.
 
     The embedding and the output head are N(0, 1); other linear weights N(0, 1/fan_in). The unit-scale
     head gives logits with a spread of several units, so greedy decoding has clear winners and batched
@@ -78,11 +79,11 @@ def draw_weights(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> dict[s
     """
     rng = np.random.default_rng(seed)
     drawn = {}
-    for name, shape in sorted(shapes.items()):
+    for name, param in sorted(model.named_parameters()):
         if name.endswith("norm.weight"):
             continue
-        std = 1.0 if ("embed" in name or "lm_head" in name) else shape[-1] ** -0.5
-        drawn[name] = rng.standard_normal(shape, dtype=np.float32) * std
+        std = 1.0 if ("embed" in name or "lm_head" in name) else param.shape[-1] ** -0.5
+        drawn[name] = rng.standard_normal(tuple(param.shape), dtype=np.float32) * std
     return drawn
 
 
@@ -90,10 +91,9 @@ def fill_weights(model, seed: int = SEED, weights: dict[str, np.ndarray] | None 
     """Overwrite every parameter with :func:`draw_weights`' values (``weights``: drawn already, for this model)."""
     import torch
 
-    params = dict(model.named_parameters())
-    drawn = weights if weights is not None else draw_weights({n: tuple(p.shape) for n, p in params.items()}, seed)
+    drawn = weights if weights is not None else draw_weights(model, seed)
     with torch.no_grad():
-        for name, param in params.items():
+        for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
             else:
@@ -111,8 +111,7 @@ def _on_meta(config):
 
 def tiny_weights(vocab_size: int | None = None, seed: int = SEED, **overrides: Any) -> dict[str, np.ndarray]:
     """The tiny model's weights, drawn once for several :func:`tiny_model` builds (forked workers share them)."""
-    model = _on_meta(tiny_config(vocab_size, **overrides))
-    return draw_weights({name: tuple(p.shape) for name, p in model.named_parameters()}, seed)
+    return draw_weights(_on_meta(tiny_config(vocab_size, **overrides)), seed)
 
 
 def tiny_model(vocab_size: int | None = None, seed: int = SEED, weights: dict[str, np.ndarray] | None = None,
@@ -120,8 +119,8 @@ def tiny_model(vocab_size: int | None = None, seed: int = SEED, weights: dict[st
     """Build the embedded Qwen3 model (eval mode, float32, on the CPU); ``weights`` from
     :func:`tiny_weights` with the same arguments, where they were drawn already.
 
-    Importing the modeling code takes ~2 s on first use; processes that fork workers should
-    build (or import ``Qwen3ForCausalLM``) before forking so the workers share it.
+    Importing the modeling code takes ~2 s on first use; processes that fork workers should import it
+    before forking (:func:`tiny_weights` does), so that the workers share it.
     """
     import torch
 
